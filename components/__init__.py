@@ -1,0 +1,1 @@
+"""appstack: deploys multi-service systems and runs their runbooks (backup, migrate, smoke)."""

@@ -1,0 +1,231 @@
+"""Haven's topology, written once for every platform (contract: shared/DESIGN.md, "Haven")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pulumi
+
+from components.settings import Settings
+from components.spec import (
+    AppSpec,
+    DatabaseRef,
+    Exposure,
+    HealthCheck,
+    InitTask,
+    MigrationSpec,
+    PublicEntry,
+    Resources,
+    Role,
+    ServiceSpec,
+    SmokeCheck,
+    SmokeSpec,
+    Volume,
+)
+
+DB_NAME = "haven"
+DB_USER = "haven"
+PORTS = {"gateway": 8080, "catalog": 8081, "search": 8080, "postgres": 5432, "qdrant": 6333,
+         "minio": 9000}  # fmt: skip
+DEFAULT_RESOURCES = {
+    "gateway": Resources(256, 0.5),
+    "catalog": Resources(256, 0.5),
+    "search": Resources(512, 1.0),
+    "worker": Resources(512, 1.0),
+    "postgres": Resources(1024, 1.0),
+    "qdrant": Resources(1024, 1.0),
+    "minio": Resources(512, 0.5),
+}
+# The official entrypoints of postgres and minio start as root, fix volume ownership, then drop
+# to their own user: they keep only the capabilities that needs.
+DATASTORE_CAPS = ("CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER")
+MAKE_BUCKET = (
+    "sh",
+    "-c",
+    'mc alias set haven "http://minio:9000" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >/dev/null'
+    ' && mc mb --ignore-existing "haven/$MINIO_BUCKET"',
+)
+
+
+def _http_health(port: int, path: str = "/v1/healthz") -> HealthCheck:
+    return HealthCheck(http_path=f"http://127.0.0.1:{port}{path}")
+
+
+def _resources(settings: Settings, name: str) -> Resources:
+    base = DEFAULT_RESOURCES[name]
+    override = settings.overrides[name]
+    return Resources(override.memory_mb or base.memory_mb, override.cpus or base.cpus)
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://{host}:{port}"
+
+
+def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppSpec:
+    """Haven as specs: gateway, catalog, search, worker, Postgres+pgvector, Qdrant, MinIO."""
+    db_password = secrets["postgresPassword"]
+    database_url: pulumi.Output[str] = pulumi.Output.secret(
+        pulumi.Output.concat("postgresql://", DB_USER, ":", db_password, "@postgres:5432/", DB_NAME)
+    )  # type: ignore[arg-type]
+    qdrant_url = _url("qdrant", PORTS["qdrant"])
+    search_url = _url("search", PORTS["search"])
+    catalog_url = _url("catalog", PORTS["catalog"])
+    collection = settings.qdrant_collection
+    image = {name: ref.ref for name, ref in settings.images.items()}
+    ollama = settings.ollama
+    ollama_host = ollama.url.split("://", 1)[1].split("/", 1)[0]
+
+    def svc(name: str, **kwargs: object) -> ServiceSpec:
+        return ServiceSpec(
+            name=name,
+            image=image[name],
+            port=PORTS.get(name),
+            replicas=settings.replicas(name),
+            resources=_resources(settings, name),
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    postgres = svc(
+        "postgres",
+        role=Role.DATASTORE,
+        env={
+            "POSTGRES_USER": DB_USER,
+            "POSTGRES_DB": DB_NAME,
+            "PGDATA": "/var/lib/postgresql/data/pgdata",
+        },
+        secret_env={"POSTGRES_PASSWORD": db_password},
+        health=HealthCheck(command=("pg_isready", "-h", "127.0.0.1", "-U", DB_USER, "-d", DB_NAME)),
+        volumes=(Volume("pgdata", "/var/lib/postgresql/data", 10),),
+        cap_add=DATASTORE_CAPS,
+        read_only_root=False,
+    )
+    qdrant = svc(
+        "qdrant",
+        role=Role.DATASTORE,
+        # The Qdrant image has no HTTP client: probe the REST port with bash's /dev/tcp.
+        health=HealthCheck(command=("bash", "-c", ":> /dev/tcp/127.0.0.1/6333")),
+        volumes=(Volume("storage", "/qdrant/storage", 10),),
+        read_only_root=False,
+    )
+    minio = svc(
+        "minio",
+        role=Role.DATASTORE,
+        command=("minio", "server", "/data", "--address", ":9000"),
+        secret_env={
+            "MINIO_ROOT_USER": secrets["minioAccessKey"],
+            "MINIO_ROOT_PASSWORD": secrets["minioSecretKey"],
+        },
+        health=HealthCheck(command=("curl", "-fsS", "http://127.0.0.1:9000/minio/health/live")),
+        volumes=(Volume("data", "/data", 10),),
+        cap_add=DATASTORE_CAPS,
+        read_only_root=False,
+    )
+    catalog = svc(
+        "catalog",
+        env={
+            "QDRANT_URL": qdrant_url,
+            "QDRANT_COLLECTION": collection,
+            "SEARCH_URL": search_url,
+            "CATALOG_FORWARD_TO_SEARCH": "true",
+        },
+        secret_env={
+            "DATABASE_URL": database_url,
+            "CATALOG_TOKEN": secrets["catalogToken"],
+            "SEARCH_TOKEN": secrets["searchToken"],
+        },
+        health=_http_health(PORTS["catalog"]),
+        depends_on=("postgres", "qdrant"),
+    )
+    search = svc(
+        "search",
+        env={
+            "QDRANT_URL": qdrant_url,
+            "QDRANT_COLLECTION": collection,
+            "OLLAMA_BASE_URL": ollama.url,
+            "EMBEDDING_MODEL": ollama.embedding_model,
+        },
+        secret_env={"DB_DSN": database_url, "SEARCH_TOKEN": secrets["searchToken"]},
+        health=_http_health(PORTS["search"]),
+        depends_on=("catalog", "postgres", "qdrant"),
+        needs_egress=True,
+        egress_hosts=(ollama_host,),
+    )
+    gateway = svc(
+        "gateway",
+        env={
+            "SEARCH_URL": search_url,
+            "CATALOG_BASE_URL": catalog_url,
+            "CONTACTS_HELPER_URL": "",
+            "MINIO_ENDPOINT": "minio:9000",
+            "MINIO_BUCKET": settings.minio_bucket,
+            "MINIO_SECURE": "false",
+            "QDRANT_URL": qdrant_url,
+            "QDRANT_COLLECTION": collection,
+        },
+        secret_env={
+            "DATABASE_URL": database_url,
+            "AUTH_TOKEN": secrets["authToken"],
+            "CATALOG_TOKEN": secrets["catalogToken"],
+            "SEARCH_TOKEN": secrets["searchToken"],
+            "MINIO_ACCESS_KEY": secrets["minioAccessKey"],
+            "MINIO_SECRET_KEY": secrets["minioSecretKey"],
+        },
+        health=_http_health(PORTS["gateway"]),
+        exposure=Exposure.PUBLIC,
+        depends_on=("catalog", "postgres", "qdrant", "minio"),
+    )
+    worker = svc(
+        "worker",
+        role=Role.WORKER,
+        env={
+            "CATALOG_BASE_URL": catalog_url,
+            "WORKER_TYPE": settings.worker.type,
+            "OLLAMA_BASE_URL": ollama.url,
+            "EMBEDDING_MODEL": ollama.embedding_model,
+            "WORKER_POLL_INTERVAL": str(settings.worker.poll_interval_s),
+            "WORKER_BATCH_SIZE": str(settings.worker.batch_size),
+        },
+        secret_env={"DATABASE_URL": database_url, "CATALOG_TOKEN": secrets["catalogToken"]},
+        depends_on=("catalog", "postgres", "search", "gateway"),
+        needs_egress=True,
+        egress_hosts=(ollama_host,),
+    )
+    database = DatabaseRef("postgres", DB_NAME, DB_USER, db_password, image=image["postgres"])
+    migration = MigrationSpec(
+        mode="sql-dir",
+        source_image=image["catalog"],
+        database=database,
+        schema_path="/app/schema",
+        quiescent=("worker",),
+        baseline=settings.migration_baseline,
+        keep_backups=settings.keep_backups,
+    )
+    auth = secrets["authToken"]
+    smoke = SmokeSpec(
+        checks=(
+            SmokeCheck("gateway-health", "/v1/healthz", 200, expect_json={"status": "ok"}),
+            SmokeCheck("search-authorized", "/v1/search?q=hello", 200, bearer=auth),
+            SmokeCheck("search-unauthorized", "/v1/search?q=hello", 401),
+        )
+    )
+    bucket = InitTask(
+        name="bucket",
+        image=image["minio"],
+        command=MAKE_BUCKET,
+        after=("minio",),
+        env={"MINIO_BUCKET": settings.minio_bucket},
+        secret_env={
+            "MINIO_ROOT_USER": secrets["minioAccessKey"],
+            "MINIO_ROOT_PASSWORD": secrets["minioSecretKey"],
+        },
+    )
+    entry = PublicEntry("gateway", settings.public.address, settings.public.port)
+    return AppSpec(
+        name="haven",
+        services=(postgres, qdrant, minio, catalog, search, gateway, worker),
+        entry=entry,
+        migration=migration,
+        smoke=smoke,
+        init_tasks=(bucket,),
+        outputs={"hostAgentSecret": secrets["hostAgentSecret"]},
+    )

@@ -1,0 +1,285 @@
+"""The Docker platform: one engine (local, or remote through ``DOCKER_HOST``/``dockerHost``).
+
+Layout: an ``internal`` network (no route out, nothing published) that every workload joins under
+its service name; an ``edge`` network that only the public service joins to publish its port on the
+configured address; an ``egress`` network for services that must reach Ollama. Data stores keep
+their data in named volumes. Rollout follows DESIGN.md: data stores (health-gated, in parallel),
+init tasks, backup + migration, then services in dependency order, then the smoke test.
+Engine objects are appstack's own dynamic resources (``components/providers/engine.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pulumi
+
+from components.platforms import PlatformArgs, rollout_order
+from components.providers import engine
+from components.providers.migration import Migration, MigrationArgs
+from components.providers.runner import Target
+from components.providers.smoke import SmokeTest, SmokeTestArgs, smoke_inputs
+from components.providers.task import OneOffTask, OneOffTaskArgs
+from components.spec import Exposure, HealthCheck, Role, ServiceSpec
+
+TYPE = "appstack:platforms:DockerApp"
+# Health probes of HTTP services run inside their own image, which has Python (Haven's images do).
+HTTP_PROBE = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)"
+
+
+def health_test(check: HealthCheck) -> list[str]:
+    """The Docker ``HEALTHCHECK`` test for a spec's health check."""
+    if check.http_path:
+        return ["CMD", "python3", "-c", HTTP_PROBE, check.http_path]
+    return ["CMD", *check.command]
+
+
+class DockerApp(pulumi.ComponentResource):
+    """An ``AppSpec`` deployed to one Docker engine."""
+
+    public_url: pulumi.Output[str]
+    images: pulumi.Output[Mapping[str, str]]
+    networks: pulumi.Output[Mapping[str, str]]
+    containers: dict[str, engine.Container]
+    migration: Migration | None
+    smoke: SmokeTest | None
+
+    def __init__(
+        self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__(TYPE, name, None, opts)
+        self._name = name
+        self._settings = args.settings
+        self._app = args.app
+        self._prefix = args.settings.prefix
+        self._host = args.settings.docker_host
+        self._create_networks()
+        self._volumes = self._create_volumes()
+        self._images = self._create_images()
+        self.containers = {}
+        order = rollout_order(self._app)
+        for svc in (s for s in order if s.role is Role.DATASTORE):
+            self.containers[svc.name] = self._create_container(svc, [])
+        tasks = self._create_init_tasks()
+        self.migration = self._create_migration()
+        gate: list[pulumi.Resource] = [self.migration] if self.migration else []
+        for svc in (s for s in order if s.role is not Role.DATASTORE):
+            self.containers[svc.name] = self._create_container(svc, gate)
+        self.smoke = self._create_smoke([*self.containers.values(), *tasks])
+
+        self.public_url = pulumi.Output.from_input(self._entry_url())
+        refs: dict[str, pulumi.Input[str]] = {s.name: s.image for s in self._app.services}
+        self.images = pulumi.Output.from_input(refs)  # type: ignore[arg-type,assignment]
+        self.networks = pulumi.Output.from_input(self._network_names)  # type: ignore[arg-type]
+        self.register_outputs(
+            {"public_url": self.public_url, "images": self.images, "networks": self.networks}
+        )
+
+    def _opts(self, **kwargs: Any) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self, **kwargs)
+
+    def _labels(self, service: str | None = None) -> dict[str, str]:
+        labels = {engine.STACK_LABEL: self._settings.stack, "appstack.app": self._app.name}
+        if service:
+            labels["appstack.service"] = service
+        return labels
+
+    def _entry_url(self) -> str:
+        entry = self._app.entry
+        host = "127.0.0.1" if entry.address in ("0.0.0.0", "::") else entry.address
+        return f"{entry.scheme}://{host}:{entry.port}"
+
+    def _create_networks(self) -> None:
+        def network(suffix: str, internal: bool = False) -> engine.Network:
+            return engine.Network(
+                f"{self._name}-{suffix}",
+                network_name=f"{self._prefix}-{suffix}",
+                internal=internal,
+                labels=self._labels(),
+                docker_host=self._host,
+                opts=self._opts(),
+            )
+
+        self.internal = network("internal", internal=True)
+        self.edge = network("edge")
+        names: dict[str, str] = {"internal": f"{self._prefix}-internal",
+                                 "edge": f"{self._prefix}-edge"}  # fmt: skip
+        self.egress: engine.Network | None = None
+        needs_egress = any(s.needs_egress for s in self._app.services)
+        if needs_egress and self._settings.ollama.network is None:
+            self.egress = network("egress")
+            names["egress"] = f"{self._prefix}-egress"
+        elif needs_egress:
+            names["egress"] = self._settings.ollama.network or ""
+        self._network_names = names
+
+    def _create_volumes(self) -> dict[tuple[str, str], engine.Volume]:
+        protect = self._settings.protect_volumes
+        wanted = [(svc.name, vol.name) for svc in self._app.services for vol in svc.volumes]
+        if self._app.migration is not None:
+            wanted.append(("backups", ""))  # pre-migration dumps are data too
+        volumes: dict[tuple[str, str], engine.Volume] = {}
+        for owner, vol in wanted:
+            suffix = f"{owner}-{vol}" if vol else owner
+            volumes[(owner, vol)] = engine.Volume(
+                f"{self._name}-{suffix}",
+                volume_name=f"{self._prefix}-{suffix}",
+                labels=self._labels(owner),
+                docker_host=self._host,
+                # Data outlives the stack where settings say so: `destroy` must not take it
+                # (protect), and even an unprotected delete leaves the volume (retain).
+                opts=self._opts(protect=protect, retain_on_delete=protect),
+            )
+        return volumes
+
+    def _create_images(self) -> dict[str, engine.Image]:
+        return {
+            svc.name: engine.Image(
+                f"{self._name}-{svc.name}-image", svc.image, self._host, opts=self._opts()
+            )
+            for svc in self._app.services
+        }
+
+    def _networks_for(self, svc: ServiceSpec) -> list[dict[str, Any]]:
+        nets: list[dict[str, Any]] = [{"name": self.internal.name, "aliases": [svc.name]}]
+        if svc.exposure is Exposure.PUBLIC:
+            nets.append({"name": self.edge.name, "aliases": []})
+        if svc.needs_egress:
+            egress = self.egress.name if self.egress else self._settings.ollama.network
+            nets.append({"name": egress, "aliases": []})
+        return nets
+
+    def _create_container(
+        self, svc: ServiceSpec, gate: Sequence[pulumi.Resource]
+    ) -> engine.Container:
+        after = [self.containers[d] for d in svc.depends_on] + list(gate)
+        ports = []
+        if svc.exposure is Exposure.PUBLIC and svc.port:
+            entry = self._app.entry
+            ports.append({"internal": svc.port, "external": entry.port, "ip": entry.address})
+        health = None
+        if svc.health:
+            h = svc.health
+            health = {
+                "test": health_test(h),
+                "interval_s": h.interval_s,
+                "timeout_s": h.timeout_s,
+                "retries": h.retries,
+                "start_period_s": h.start_period_s,
+            }
+        mounts = [
+            {"source": self._volumes[(svc.name, vol.name)].name, "target": vol.path}
+            for vol in svc.volumes
+        ]
+        extra_hosts = {}
+        if svc.needs_egress and self._settings.ollama.network is None:
+            extra_hosts["host.docker.internal"] = "host-gateway"
+        props: dict[str, Any] = {
+            "name": f"{self._prefix}-{svc.name}",
+            "image": svc.image,
+            "image_id": self._images[svc.name].image_id,
+            "command": list(svc.command),
+            "env": {**svc.env, **svc.secret_env},
+            "user": svc.user,
+            "networks": self._networks_for(svc),
+            "ports": ports,
+            "healthcheck": health,
+            "restart": "unless-stopped",
+            "memory_mb": svc.resources.memory_mb,
+            "cpus": svc.resources.cpus,
+            "read_only": svc.read_only_root,
+            "tmpfs": {path: "rw,nosuid,nodev,size=64m" for path in svc.tmpfs},
+            "security_opt": ["no-new-privileges:true"],
+            "cap_add": list(svc.cap_add),
+            "mounts": mounts,
+            "labels": self._labels(svc.name),
+            "extra_hosts": extra_hosts,
+            "stop_timeout_s": 30,
+            "docker_host": self._host,
+            "wait_timeout_s": 180,
+        }
+        if svc.secret_env:
+            props["env"] = pulumi.Output.secret(props["env"])
+        # Health-gated creation: the provider returns only once the container is healthy.
+        return engine.Container(
+            f"{self._name}-{svc.name}", props, opts=self._opts(depends_on=after)
+        )
+
+    def _target(self) -> Target:
+        db = self._app.migration.database if self._app.migration else None
+        return Target(
+            kind="docker",
+            docker_host=self._host,
+            network=f"{self._prefix}-internal",
+            name_prefix=self._prefix,
+            client_image=str(db.image) if db else "",
+            db_host=db.service if db else "",
+            db_port=db.port if db else 5432,
+            db_name=db.database if db else "",
+            db_user=db.user if db else "",
+            backup_volume=f"{self._prefix}-backups",
+        )
+
+    def _create_init_tasks(self) -> list[pulumi.Resource]:
+        tasks: list[pulumi.Resource] = []
+        for task in self._app.init_tasks:
+            owner = next((s.name for s in self._app.services if s.image == task.image), None)
+            image = self._images[owner].image_id if owner else task.image
+            tasks.append(
+                OneOffTask(
+                    f"{self._name}-{task.name}",
+                    OneOffTaskArgs(
+                        target=self._target(),
+                        image=image,
+                        command=list(task.command),
+                        env=dict(task.env),
+                        secret_env=dict(task.secret_env),
+                    ),
+                    opts=self._opts(depends_on=[self.containers[a] for a in task.after]),
+                )
+            )
+        return tasks
+
+    def _create_migration(self) -> Migration | None:
+        spec = self._app.migration
+        if spec is None:
+            return None
+        source = next(s for s in self._app.services if s.image == spec.source_image)
+        return Migration(
+            f"{self._name}-migration",
+            MigrationArgs(
+                target=self._target().to_dict(),
+                mode=spec.mode,
+                source_image=self._images[source.name].image_id,
+                release=spec.source_image,
+                schema_path=spec.schema_path,
+                command=list(spec.command),
+                env=dict(spec.env),
+                secret_env=dict(spec.secret_env),
+                baseline=spec.baseline,
+                keep_backups=spec.keep_backups,
+                quiescent=[f"{self._prefix}-{q}" for q in spec.quiescent],
+                db_password=spec.database.password,
+            ),
+            opts=self._opts(
+                depends_on=[self.containers[spec.database.service], self._volumes[("backups", "")]]
+            ),
+        )
+
+    def _create_smoke(self, after: Sequence[pulumi.Resource]) -> SmokeTest | None:
+        spec = self._app.smoke
+        if spec is None:
+            return None
+        checks, secrets = smoke_inputs(spec)
+        return SmokeTest(
+            f"{self._name}-smoke",
+            SmokeTestArgs(
+                base_url=self._entry_url(),
+                checks=checks,
+                secrets=secrets,
+                deadline_s=spec.deadline_s,
+                timeout_s=spec.timeout_s,
+            ),
+            opts=self._opts(depends_on=list(after)),
+        )

@@ -1,0 +1,1 @@
+"""Dynamic providers (Migration, SmokeTest, GeneratedSecret) and the runners they use."""

@@ -1,0 +1,429 @@
+"""Run one-off tasks inside the target: a Docker container on the internal network, or locally.
+
+Providers build a runner inside each method (``runner_for(target)``): runners hold clients and
+are never pickled. A task's command finds its files under ``$WORK`` (``/work`` in a container,
+a temporary directory locally) and each mount at ``runner.mount_path(volume, path)``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+CONTAINER_WORK = "/work"
+LOG_TAIL_LINES = 40
+REDACTED = "***"
+
+# Env names whose values are treated as secret even when a task does not list them.
+_SECRET_NAME = re.compile(
+    r"PASSWORD|PASSWD|TOKEN|SECRET|API_KEY|ACCESS_KEY|_KEYS?$|DSN|DATABASE_URL"
+)
+_NAME_PREFIX = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+class TaskError(RuntimeError):
+    """A task exited non-zero or timed out; the message holds the redacted tail of its log."""
+
+    def __init__(self, message: str, exit_code: int | None, logs: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.logs = logs
+
+
+@dataclass(frozen=True)
+class Task:
+    """A one-off command: image, argv, env, files placed under $WORK, volume mounts."""
+
+    name: str
+    image: str
+    command: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    mounts: Sequence[tuple[str, str]] = ()
+    network: str | None = None
+    timeout_s: float = 600.0
+    secret_keys: Sequence[str] = ()
+    """Env names whose values are secret (names that look secret are redacted anyway)."""
+
+    def __post_init__(self) -> None:
+        if not self.command:
+            msg = f"task {self.name!r} has no command"
+            raise ValueError(msg)
+        for rel in self.files:
+            p = PurePosixPath(rel)
+            if p.is_absolute() or ".." in p.parts or not p.parts:
+                msg = f"task {self.name!r}: file path {rel!r} must be relative, without '..'"
+                raise ValueError(msg)
+
+    def secret_values(self) -> list[str]:
+        """Values of env entries that are secret, longest first (so substrings redact last)."""
+        names = set(self.secret_keys)
+        values = [v for k, v in self.env.items() if v and (k in names or _SECRET_NAME.search(k))]
+        return sorted(set(values), key=len, reverse=True)
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What a finished task left: its exit code and its (redacted) combined log."""
+
+    exit_code: int
+    logs: str
+
+
+def redact(text: str, secret_values: Sequence[str]) -> str:
+    """``text`` with every secret value replaced by ``***``."""
+    for value in sorted(set(secret_values), key=len, reverse=True):
+        if value:
+            text = text.replace(value, REDACTED)
+    return text
+
+
+def log_tail(logs: str, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log."""
+    return "\n".join(logs.rstrip("\n").splitlines()[-lines:])
+
+
+def _finish(task: Task, exit_code: int, raw_logs: str, timed_out: bool) -> TaskResult:
+    """Redact the log and raise ``TaskError`` unless the task exited 0."""
+    logs = redact(raw_logs, task.secret_values())
+    if timed_out:
+        msg = f"task {task.name!r} timed out after {task.timeout_s:g}s; log tail:\n{log_tail(logs)}"
+        raise TaskError(msg, None, logs)
+    if exit_code != 0:
+        msg = f"task {task.name!r} exited {exit_code}; log tail:\n{log_tail(logs)}"
+        raise TaskError(msg, exit_code, logs)
+    return TaskResult(exit_code=exit_code, logs=logs)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where tasks run and which database they reach; a plain dict in provider inputs."""
+
+    kind: str
+    network: str = ""
+    name_prefix: str = "appstack"
+    client_image: str = ""
+    db_host: str = ""
+    db_port: int = 5432
+    db_name: str = ""
+    db_user: str = ""
+    backup_volume: str = ""
+    docker_host: str | None = None
+    workdir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("docker", "local"):
+            msg = f"target.kind {self.kind!r} is not one of docker, local"
+            raise ValueError(msg)
+        if not _NAME_PREFIX.match(self.name_prefix):
+            msg = f"target.name_prefix {self.name_prefix!r} must match {_NAME_PREFIX.pattern}"
+            raise ValueError(msg)
+        if self.kind == "local" and not self.workdir:
+            msg = "target.workdir is required when target.kind is 'local'"
+            raise ValueError(msg)
+        if not 0 < self.db_port < 65536:
+            msg = f"target.db_port {self.db_port} is not a TCP port"
+            raise ValueError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-serialisable form used as a dynamic-provider input."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Target:
+        """Parse the dict form, refusing unknown keys (Pulumi hands numbers back as floats)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            msg = f"target has unknown keys {unknown}"
+            raise ValueError(msg)
+        values = dict(data)
+        if "db_port" in values:
+            values["db_port"] = int(values["db_port"])
+        if values.get("docker_host") == "":
+            values["docker_host"] = None
+        return cls(**values)
+
+    @property
+    def db_address(self) -> str:
+        """``host:port`` of the database, for messages."""
+        return f"{self.db_host}:{self.db_port}"
+
+
+class Runner(Protocol):
+    """Runs tasks in a target and manages the containers a migration quiesces."""
+
+    def run(self, task: Task) -> TaskResult:
+        """Run ``task`` to completion; raise ``TaskError`` on non-zero exit or timeout."""
+        ...
+
+    def read_image_dir(self, image: str, path: str) -> dict[str, bytes]:
+        """Files under ``path`` in ``image``, keyed by path relative to ``path``."""
+        ...
+
+    def stop_containers(self, names: Sequence[str]) -> list[str]:
+        """Stop the named containers; return the names that do not exist (skipped)."""
+        ...
+
+    def start_containers(self, names: Sequence[str]) -> list[str]:
+        """Start the named containers; return the names that do not exist (skipped)."""
+        ...
+
+    def mount_path(self, volume: str, container_path: str) -> str:
+        """Where a task's command sees ``volume`` mounted at ``container_path``."""
+        ...
+
+
+def _tar_files(files: Mapping[str, bytes], root: str) -> bytes:
+    """An in-memory tar of ``files`` under ``root`` (dirs world-writable: tasks run as any uid)."""
+    buf = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        dirs: set[str] = {root}
+        for rel in files:
+            parent = PurePosixPath(root, rel).parent
+            while str(parent) not in ("", ".", "/"):
+                dirs.add(str(parent))
+                parent = parent.parent
+        for d in sorted(dirs):
+            info = tarfile.TarInfo(d)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777
+            info.mtime = now
+            tar.addfile(info)
+        for rel, data in sorted(files.items()):
+            info = tarfile.TarInfo(str(PurePosixPath(root, rel)))
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = now
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _untar_dir(data: bytes) -> dict[str, bytes]:
+    """Regular files of a ``get_archive`` tar, keyed by path below its top-level directory."""
+    out: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        for member in tar.getmembers():
+            if not member.isfile():
+                continue
+            parts = PurePosixPath(member.name).parts[1:]
+            if not parts:
+                continue
+            extracted = tar.extractfile(member)
+            if extracted is not None:
+                out[str(PurePosixPath(*parts))] = extracted.read()
+    return out
+
+
+class DockerRunner:
+    """Runs tasks as one-off containers through the Docker Engine API (``ssh://`` works too)."""
+
+    def __init__(self, docker_host: str | None, network: str, name_prefix: str) -> None:
+        self.docker_host = docker_host
+        self.network = network
+        self.name_prefix = name_prefix
+
+    def _client(self) -> Any:
+        import docker
+
+        if self.docker_host:
+            return docker.DockerClient(base_url=self.docker_host, use_ssh_client=False)
+        return docker.from_env()
+
+    def _create(self, client: Any, image: str, **kwargs: Any) -> Any:
+        """Create a container, pulling the image once when the engine lacks it."""
+        import docker.errors
+
+        try:
+            return client.containers.create(image, **kwargs)
+        except docker.errors.ImageNotFound:
+            try:
+                client.images.pull(image)
+            except docker.errors.APIError as exc:
+                msg = f"image {image!r} is not on the engine and could not be pulled: {exc}"
+                raise TaskError(msg, None, "") from exc
+            return client.containers.create(image, **kwargs)
+
+    def run(self, task: Task) -> TaskResult:
+        """Create, fill, start, wait for and always remove a one-off container."""
+        import requests.exceptions
+
+        client = self._client()
+        name = f"{self.name_prefix}-task-{task.name}-{secrets.token_hex(3)}"
+        try:
+            container = self._create(
+                client,
+                task.image,
+                command=list(task.command),
+                name=name,
+                environment={**task.env, "WORK": CONTAINER_WORK},
+                network=task.network or self.network or None,
+                security_opt=["no-new-privileges"],
+                cap_drop=["ALL"],
+                volumes={vol: {"bind": path, "mode": "rw"} for vol, path in task.mounts},
+                auto_remove=False,
+                detach=True,
+                labels={"appstack.task": task.name, "appstack.prefix": self.name_prefix},
+            )
+            try:
+                container.put_archive("/", _tar_files(task.files, CONTAINER_WORK.lstrip("/")))
+                container.start()
+                timed_out = False
+                exit_code = -1
+                try:
+                    status = container.wait(timeout=task.timeout_s)
+                    exit_code = int(status.get("StatusCode", -1))
+                except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                    timed_out = True
+                    container.kill()
+                raw = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+            finally:
+                container.remove(force=True)
+        finally:
+            client.close()
+        return _finish(task, exit_code, raw, timed_out)
+
+    def read_image_dir(self, image: str, path: str) -> dict[str, bytes]:
+        """Copy ``path`` out of ``image`` through a created, never started, container."""
+        client = self._client()
+        try:
+            name = f"{self.name_prefix}-read-{secrets.token_hex(3)}"
+            container = self._create(client, image, command=["true"], name=name)
+            try:
+                stream, _stat = container.get_archive(path)
+                data = b"".join(stream)
+            finally:
+                container.remove(force=True)
+        finally:
+            client.close()
+        return _untar_dir(data)
+
+    def _each_container(self, names: Sequence[str], action: str) -> list[str]:
+        import docker.errors
+
+        missing: list[str] = []
+        client = self._client()
+        try:
+            for name in names:
+                try:
+                    container = client.containers.get(name)
+                except docker.errors.NotFound:
+                    missing.append(name)
+                    continue
+                getattr(container, action)()
+        finally:
+            client.close()
+        return missing
+
+    def stop_containers(self, names: Sequence[str]) -> list[str]:
+        """Stop each named container; missing ones are skipped and returned."""
+        return self._each_container(names, "stop")
+
+    def start_containers(self, names: Sequence[str]) -> list[str]:
+        """Start each named container; missing ones are skipped and returned."""
+        return self._each_container(names, "start")
+
+    def mount_path(self, volume: str, container_path: str) -> str:
+        """In a container a mount is where the task mounts it."""
+        del volume
+        return container_path
+
+
+class LocalRunner:
+    """Runs tasks as local processes (tests, or an operator with direct database access)."""
+
+    CALLS_FILE = "container-calls.jsonl"
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = Path(workdir)
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def run(self, task: Task) -> TaskResult:
+        """Run the argv with the task's env; files go to a temp dir exported as $WORK."""
+        for volume, container_path in task.mounts:
+            Path(self.mount_path(volume, container_path)).mkdir(parents=True, exist_ok=True)
+        (self.workdir / "tasks").mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{task.name}-", dir=self.workdir / "tasks"))
+        try:
+            for rel, data in task.files.items():
+                dest = work / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+            env = {**os.environ, **task.env, "WORK": str(work)}
+            try:
+                proc = subprocess.run(
+                    list(task.command),
+                    env=env,
+                    cwd=work,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    timeout=task.timeout_s,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as exc:
+                raw = (exc.output or b"").decode("utf-8", "replace")
+                return _finish(task, -1, raw, timed_out=True)
+            return _finish(task, proc.returncode, proc.stdout.decode("utf-8", "replace"), False)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def read_image_dir(self, image: str, path: str) -> dict[str, bytes]:
+        """Locally an image's directory is the local directory ``path``."""
+        del image
+        root = Path(path)
+        if not root.is_dir():
+            msg = f"schema directory {path!r} does not exist"
+            raise FileNotFoundError(msg)
+        return {
+            p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        }
+
+    def _record(self, action: str, names: Sequence[str]) -> list[str]:
+        self.calls.append((action, list(names)))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with (self.workdir / self.CALLS_FILE).open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"action": action, "names": list(names)}) + "\n")
+        return []
+
+    def stop_containers(self, names: Sequence[str]) -> list[str]:
+        """No containers locally: record the call (in ``calls`` and the calls file)."""
+        return self._record("stop", names)
+
+    def start_containers(self, names: Sequence[str]) -> list[str]:
+        """No containers locally: record the call (in ``calls`` and the calls file)."""
+        return self._record("start", names)
+
+    def mount_path(self, volume: str, container_path: str) -> str:
+        """Locally a volume is the directory ``<workdir>/volumes/<volume>``."""
+        del container_path
+        return str(self.workdir / "volumes" / volume)
+
+    def recorded_calls(self) -> list[tuple[str, list[str]]]:
+        """Every stop/start recorded under this workdir, by any runner instance."""
+        path = self.workdir / self.CALLS_FILE
+        if not path.exists():
+            return []
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        return [(row["action"], row["names"]) for row in rows]
+
+
+def runner_for(target: Target) -> Runner:
+    """The runner for a target's kind."""
+    if target.kind == "docker":
+        return DockerRunner(target.docker_host, target.network, target.name_prefix)
+    return LocalRunner(target.workdir)

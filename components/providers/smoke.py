@@ -1,0 +1,307 @@
+"""The ``SmokeTest`` dynamic resource: HTTP checks against the public entry on every ``up``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pulumi
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    Resource,
+    ResourceProvider,
+    UpdateResult,
+)
+
+from components.providers.runner import redact
+from components.spec import SmokeSpec
+
+RUN_NOTE = "runs on every pulumi up"
+"""The ``run`` input: the preview shows it against the last run's ``ran at ...`` output."""
+UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+BODY_CHARS = 200
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Check:
+    """One HTTP check: request, expected status, expected JSON values by dotted key."""
+
+    name: str
+    path: str
+    method: str = "GET"
+    expect_status: int = 200
+    expect_json: Mapping[str, Any] = field(default_factory=dict)
+    bearer_key: str | None = None
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> Check:
+        """A check from its dict form (Pulumi hands numbers back as floats)."""
+        return cls(
+            name=str(raw["name"]),
+            path=str(raw["path"]),
+            method=str(raw.get("method") or "GET").upper(),
+            expect_status=int(raw.get("expect_status") or 200),
+            expect_json=dict(raw.get("expect_json") or {}),
+            bearer_key=raw.get("bearer_key") or None,
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The latest attempt of one check."""
+
+    ok: bool
+    latency_ms: float
+    detail: str
+
+
+def _dotted(data: Any, key: str) -> Any:
+    for part in key.split("."):
+        if isinstance(data, Mapping) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return _MISSING
+    return data
+
+
+def _json_mismatches(body: str, expect: Mapping[str, Any]) -> list[str]:
+    if not expect:
+        return []
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ["body is not JSON"]
+    problems = []
+    for key, want in expect.items():
+        got = _dotted(data, key)
+        if got is _MISSING:
+            problems.append(f"json {key!r} missing (expected {want!r})")
+        elif got != want:
+            problems.append(f"json {key!r} = {got!r} (expected {want!r})")
+    return problems
+
+
+def run_check(
+    client: httpx.Client,
+    base_url: str,
+    check: Check,
+    secrets: Mapping[str, str],
+    timeout_s: float,
+) -> Outcome:
+    """One attempt of one check; the detail is already redacted."""
+    headers = {}
+    if check.bearer_key:
+        headers["Authorization"] = f"Bearer {secrets[check.bearer_key]}"
+    url = base_url.rstrip("/") + "/" + check.path.lstrip("/")
+    started = time.monotonic()
+    what = f"{check.method} {check.path}"
+    try:
+        resp = client.request(check.method, url, headers=headers, timeout=timeout_s)
+    except httpx.TimeoutException as exc:
+        ms = (time.monotonic() - started) * 1000
+        detail = f"{what} -> timed out after {timeout_s:g}s ({type(exc).__name__})"
+        return Outcome(False, round(ms, 1), redact(detail, list(secrets.values())))
+    except httpx.HTTPError as exc:
+        ms = (time.monotonic() - started) * 1000
+        detail = f"{what} -> connection error: {type(exc).__name__}: {exc}"
+        return Outcome(False, round(ms, 1), redact(detail, list(secrets.values())))
+    ms = round((time.monotonic() - started) * 1000, 1)
+    problems = []
+    if resp.status_code != check.expect_status:
+        problems.append(f"status {resp.status_code} (expected {check.expect_status})")
+    else:
+        problems.extend(_json_mismatches(resp.text, check.expect_json))
+    if not problems:
+        return Outcome(True, ms, f"{what} -> {resp.status_code}")
+    body = resp.text[:BODY_CHARS].replace("\n", " ")
+    detail = f"{what} -> {'; '.join(problems)}; body: {body!r}"
+    return Outcome(False, ms, redact(detail, list(secrets.values())))
+
+
+def run_checks(
+    base_url: str,
+    checks: Sequence[Check],
+    secrets: Mapping[str, str],
+    deadline_s: float,
+    timeout_s: float,
+) -> tuple[dict[str, Outcome], int]:
+    """Run every check; retry the failing ones with exponential backoff until the deadline."""
+    end = time.monotonic() + deadline_s
+    results: dict[str, Outcome] = {}
+    pending = list(checks)
+    delay = 0.25
+    attempts = 0
+    with httpx.Client(follow_redirects=False) as client:
+        while True:
+            attempts += 1
+            for check in pending:
+                budget = max(0.1, min(timeout_s, end - time.monotonic()))
+                results[check.name] = run_check(client, base_url, check, secrets, budget)
+            pending = [c for c in pending if not results[c.name].ok]
+            remaining = end - time.monotonic()
+            if not pending or remaining <= 0:
+                return results, attempts
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 5.0)
+
+
+def failure_message(
+    base_url: str, checks: Sequence[Check], results: Mapping[str, Outcome], attempts: int
+) -> str:
+    """One message listing every failing check with its status, latency and body."""
+    failing = [c for c in checks if not results[c.name].ok]
+    lines = [
+        f"smoke test against {base_url} failed: {len(failing)} of {len(checks)} checks "
+        f"still failing after {attempts} attempt(s):"
+    ]
+    lines += [
+        f"  - {c.name}: {results[c.name].detail} [{results[c.name].latency_ms:g} ms]"
+        for c in failing
+    ]
+    return "\n".join(lines)
+
+
+def _check_failures(news: Mapping[str, Any]) -> list[CheckFailure]:
+    failures: list[CheckFailure] = []
+    raw_checks = news.get("checks")
+    if raw_checks == UNKNOWN:
+        return failures
+    if not isinstance(raw_checks, list) or not raw_checks:
+        return [CheckFailure("checks", "checks must be a non-empty list")]
+    secrets = news.get("secrets")
+    names: list[str] = []
+    for i, raw in enumerate(raw_checks):
+        try:
+            check = Check.parse(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            failures.append(CheckFailure("checks", f"check #{i} is invalid: {exc!r}"))
+            continue
+        names.append(check.name)
+        key = check.bearer_key
+        if key and isinstance(secrets, Mapping) and key not in secrets:
+            reason = f"check {check.name!r} names bearer_key {key!r}, not in secrets"
+            failures.append(CheckFailure("checks", reason))
+    if len(names) != len(set(names)):
+        failures.append(CheckFailure("checks", f"check names repeat: {names}"))
+    for key in ("deadline_s", "timeout_s"):
+        value = news.get(key)
+        if isinstance(value, int | float) and value <= 0:
+            failures.append(CheckFailure(key, f"{key} must be positive, got {value}"))
+    return failures
+
+
+class SmokeTestProvider(ResourceProvider):
+    """Runs the smoke checks on every create and update; nothing to delete."""
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        """Validate the checks, bearer keys and timings."""
+        return CheckResult({**news, "run": RUN_NOTE}, _check_failures(news))
+
+    def diff(self, _id: str, _olds: dict[str, Any], _news: dict[str, Any]) -> DiffResult:
+        """Always an update: the ``run`` property shows the checks run on every ``up``."""
+        return DiffResult(changes=True, replaces=[], delete_before_replace=False)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        """Run the checks; raise one message listing every failing check."""
+        return CreateResult(f"smoke-{props.get('base_url', '')}", self._run(props))
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        """Run the checks again."""
+        return UpdateResult(self._run(news))
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """A smoke test leaves nothing behind."""
+
+    @staticmethod
+    def _run(props: Mapping[str, Any]) -> dict[str, Any]:
+        checks = [Check.parse(raw) for raw in props["checks"]]
+        secrets = {str(k): str(v) for k, v in (props.get("secrets") or {}).items()}
+        base_url = str(props["base_url"])
+        results, attempts = run_checks(
+            base_url,
+            checks,
+            secrets,
+            float(props.get("deadline_s") or 90.0),
+            float(props.get("timeout_s") or 5.0),
+        )
+        if not all(o.ok for o in results.values()):
+            raise RuntimeError(failure_message(base_url, checks, results, attempts))
+        checked_at = datetime.now(UTC).isoformat(timespec="seconds")
+        return {
+            "base_url": base_url,
+            "checks": list(props["checks"]),
+            "deadline_s": props.get("deadline_s"),
+            "timeout_s": props.get("timeout_s"),
+            "passed": [c.name for c in checks],
+            "latencies": {c.name: results[c.name].latency_ms for c in checks},
+            "attempts": attempts,
+            "checked_at": checked_at,
+            "run": f"ran at {checked_at}",
+        }
+
+
+def smoke_inputs(spec: SmokeSpec) -> tuple[list[dict[str, Any]], dict[str, pulumi.Output[str]]]:
+    """Checks and secrets map for a ``SmokeSpec``: each bearer is keyed by its check's name."""
+    checks: list[dict[str, Any]] = []
+    secrets: dict[str, pulumi.Output[str]] = {}
+    for c in spec.checks:
+        if c.bearer is not None:
+            secrets[c.name] = c.bearer
+        checks.append(
+            {
+                "name": c.name,
+                "method": c.method,
+                "path": c.path,
+                "expect_status": c.expect_status,
+                "expect_json": dict(c.expect_json),
+                "bearer_key": c.name if c.bearer is not None else None,
+            }
+        )
+    return checks, secrets
+
+
+@dataclass(frozen=True)
+class SmokeTestArgs:
+    """Inputs of a ``SmokeTest``; ``secrets`` (the bearer tokens) is secret."""
+
+    base_url: pulumi.Input[str]
+    checks: Sequence[Mapping[str, Any]]
+    secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    deadline_s: float = 90.0
+    timeout_s: float = 5.0
+
+
+class SmokeTest(Resource, module="ops", name="SmokeTest"):
+    """Smoke checks against the public entry point, run on every ``pulumi up``."""
+
+    passed: pulumi.Output[list[str]]
+    latencies: pulumi.Output[dict[str, float]]
+    checked_at: pulumi.Output[str]
+    run: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: SmokeTestArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        props: dict[str, Any] = {
+            "base_url": args.base_url,
+            "checks": [dict(c) for c in args.checks],
+            "secrets": pulumi.Output.secret(dict(args.secrets)),
+            "deadline_s": args.deadline_s,
+            "timeout_s": args.timeout_s,
+            "run": RUN_NOTE,
+            "passed": None,
+            "latencies": None,
+            "checked_at": None,
+        }
+        super().__init__(SmokeTestProvider(), name, props, opts)

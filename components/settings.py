@@ -1,0 +1,514 @@
+"""Typed, validated stack settings, read once from ``pulumi.Config``.
+
+Every problem with the configuration is collected and raised as one ``ConfigError`` that names each
+key at fault, before any resource is declared: a bad ``Pulumi.<stack>.yaml`` fails
+``pulumi preview`` and touches nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import pulumi
+from pulumi.runtime.config import get_config, is_config_secret
+
+NS = "appstack"
+
+# One defaults table: what differs between kinds of stack when Pulumi.<stack>.yaml is silent.
+ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dev": {
+        "platform": "docker",
+        "generateSecrets": True,
+        "protectVolumes": False,
+        "public": {"address": "127.0.0.1", "port": 8080},
+        "keepBackups": 3,
+        "replicas": 1,
+    },
+    "staging": {
+        "platform": "docker",
+        "generateSecrets": False,
+        "protectVolumes": True,
+        "public": {"address": "0.0.0.0", "port": 8080},
+        "keepBackups": 7,
+        "replicas": 1,
+    },
+    "prod": {
+        "platform": "kubernetes",
+        "generateSecrets": False,
+        "protectVolumes": True,
+        "public": {"address": "0.0.0.0", "port": 443},
+        "keepBackups": 14,
+        "replicas": 2,
+    },
+}
+
+# The images and secrets each app needs; secrets are config keys under the `appstack` namespace.
+APP_IMAGES: dict[str, tuple[str, ...]] = {
+    "haven": ("gateway", "catalog", "search", "worker", "postgres", "qdrant", "minio"),
+    "engramia": ("api", "postgres", "caddy"),
+}
+APP_SECRETS: dict[str, tuple[str, ...]] = {
+    "haven": (
+        "authToken",
+        "catalogToken",
+        "searchToken",
+        "postgresPassword",
+        "minioAccessKey",
+        "minioSecretKey",
+        "hostAgentSecret",
+    ),
+    "engramia": ("postgresPassword", "apiKeys", "bootstrapToken", "metricsToken"),
+}
+# Secrets an app reads when present and runs without (never generated).
+APP_OPTIONAL_SECRETS: dict[str, tuple[str, ...]] = {
+    "haven": (),
+    "engramia": ("openaiApiKey", "stripeSecretKey", "stripeWebhookSecret"),
+}
+
+_REGISTRY = re.compile(
+    r"^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]{1,5})?$"
+)
+_REPOSITORY = re.compile(
+    r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
+)
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+)
+_K8S_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?$")
+_SIZE = re.compile(r"^[1-9][0-9]*(?:Mi|Gi|Ti)$")
+
+
+class ConfigError(pulumi.RunError):
+    """Stack configuration is invalid; the message names every key at fault."""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image reference split into parts, pinned by tag or digest (never ``latest``)."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """The reference a container engine pulls: ``registry/repository:tag`` or ``@digest``."""
+        base = f"{self.registry}/{self.repository}" if self.registry else self.repository
+        return f"{base}@{self.digest}" if self.digest else f"{base}:{self.tag}"
+
+
+@dataclass(frozen=True)
+class PublicEndpoint:
+    """Where the public entry point is published (Docker) or served (Kubernetes Ingress)."""
+
+    address: str
+    port: int
+    tls_port: int | None = None
+
+
+@dataclass(frozen=True)
+class ServiceOverrides:
+    """Per-service replicas and resource limits."""
+
+    replicas: int
+    memory_mb: int | None = None
+    cpus: float | None = None
+
+
+@dataclass(frozen=True)
+class OllamaSettings:
+    """Ollama is outside the stack: its URL, and optionally a Docker network it is reached on."""
+
+    url: str
+    network: str | None = None
+    embedding_model: str = "nomic-embed-text"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Haven's embedding worker tuning."""
+
+    type: str = "embedding"
+    poll_interval_s: int = 5
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """Kubernetes-only settings: namespace, ingress, storage, and the offline render mode."""
+
+    namespace: str
+    ingress_class: str = "nginx"
+    ingress_host: str = "haven.example.com"
+    tls_secret: str | None = None
+    tls: bool = False
+    storage_class: str | None = None
+    storage_size: str = "10Gi"
+    render_to: str | None = None
+    kubeconfig_context: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the program reads from config, validated."""
+
+    project: str
+    stack: str
+    environment: str
+    app: str
+    platform: str
+    images: Mapping[str, ImageRef]
+    public: PublicEndpoint
+    overrides: Mapping[str, ServiceOverrides]
+    ollama: OllamaSettings
+    worker: WorkerSettings
+    qdrant_collection: str
+    minio_bucket: str
+    generate_secrets: bool
+    protect_volumes: bool
+    keep_backups: int
+    maintenance: bool
+    migration_baseline: str | None
+    docker_host: str | None
+    secrets: Mapping[str, pulumi.Output[str]]
+    """Secrets given in config (always secret Outputs)."""
+    missing_secrets: tuple[str, ...]
+    """Required secrets absent from config: generated when ``generate_secrets``."""
+    kubernetes: KubernetesSettings | None = None
+    extra_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        """Physical-name prefix: the stack name first, so two stacks can share an engine."""
+        return f"{self.stack}-{self.app}"
+
+    def replicas(self, service: str) -> int:
+        """Replica count of a service."""
+        return self.overrides[service].replicas
+
+
+class _Reader:
+    """Reads raw config values and collects every error before raising once."""
+
+    def __init__(self, config: pulumi.Config) -> None:
+        self.config = config
+        self.errors: list[str] = []
+
+    def fail(self, key: str, problem: str) -> None:
+        self.errors.append(f"{NS}:{key}: {problem}")
+
+    def obj(self, key: str, default: Any = None) -> Any:
+        try:
+            value = self.config.get_object(key)
+        except Exception as exc:  # a value that is not JSON/YAML of the expected shape
+            self.fail(key, f"is not a valid object ({exc})")
+            return default
+        return default if value is None else value
+
+    def str_(self, key: str, default: str | None = None) -> str | None:
+        value = self.config.get(key)
+        return default if value is None else value
+
+    def bool_(self, key: str, default: bool) -> bool:
+        raw = self.config.get(key)
+        if raw is None:
+            return default
+        if raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+        self.fail(key, f"must be true or false, got {raw!r}")
+        return default
+
+    def int_(self, key: str, value: Any, low: int, high: int) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            self.fail(key, f"must be an integer in [{low}, {high}], got {value!r}")
+            return None
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(key, f"must be an integer in [{low}, {high}], got {value!r}")
+            return None
+        if not low <= number <= high:
+            self.fail(key, f"{number} is out of range [{low}, {high}]")
+            return None
+        return number
+
+
+def _parse_image(r: _Reader, service: str, raw: Any) -> ImageRef | None:
+    key = f"images.{service}"
+    if isinstance(raw, str):
+        return _parse_image_string(r, key, raw)
+    if not isinstance(raw, dict):
+        r.fail(key, "must be an object {registry, repository, tag | digest} or a reference")
+        return None
+    unknown = set(raw) - {"registry", "repository", "tag", "digest"}
+    if unknown:
+        r.fail(key, f"unknown fields {sorted(unknown)}")
+    registry = str(raw.get("registry", ""))
+    repository = str(raw.get("repository", ""))
+    tag = raw.get("tag")
+    digest = raw.get("digest")
+    return _check_image(r, key, registry, repository, tag, digest)
+
+
+def _parse_image_string(r: _Reader, key: str, ref: str) -> ImageRef | None:
+    digest = None
+    if "@" in ref:
+        ref, digest = ref.split("@", 1)
+    tag = None
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        ref, tag = ref.rsplit(":", 1)
+    registry, _, repository = ref.partition("/")
+    if not repository or ("." not in registry and ":" not in registry and registry != "localhost"):
+        r.fail(key, f"reference {ref!r} must start with a registry host (e.g. ghcr.io/org/app)")
+        return None
+    return _check_image(r, key, registry, repository, tag, digest)
+
+
+def _check_image(
+    r: _Reader, key: str, registry: str, repository: str, tag: Any, digest: Any
+) -> ImageRef | None:
+    before = len(r.errors)
+    if registry and not _REGISTRY.match(registry):
+        r.fail(f"{key}.registry", f"{registry!r} is not a registry host[:port]")
+    if not _REPOSITORY.match(repository):
+        r.fail(f"{key}.repository", f"{repository!r} is not a valid repository path")
+    if tag is not None and digest is not None:
+        r.fail(key, "sets both a tag and a digest: pin by one of them")
+    elif tag is None and digest is None:
+        r.fail(key, "has no tag or digest: pin the image (`latest` is not allowed)")
+    elif tag is not None:
+        tag = str(tag)
+        if tag == "latest":
+            r.fail(f"{key}.tag", "`latest` is not allowed: pin a version or a digest")
+        elif not _TAG.match(tag):
+            r.fail(f"{key}.tag", f"{tag!r} is not a valid tag")
+    elif not _DIGEST.match(str(digest)):
+        r.fail(f"{key}.digest", f"{digest!r} is not sha256:<64 hex>")
+    if len(r.errors) != before:
+        return None
+    return ImageRef(registry, repository, tag, str(digest) if digest is not None else None)
+
+
+def _parse_public(r: _Reader, defaults: Mapping[str, Any]) -> PublicEndpoint:
+    raw = {**defaults, **(r.obj("public", {}) or {})}
+    unknown = set(raw) - {"address", "port", "tlsPort"}
+    if unknown:
+        r.fail("public", f"unknown fields {sorted(unknown)}")
+    address = str(raw.get("address"))
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        r.fail("public.address", f"{address!r} is not an IP address")
+    port = r.int_("public.port", raw.get("port"), 1, 65535) or 0
+    tls_port = None
+    if raw.get("tlsPort") is not None:
+        tls_port = r.int_("public.tlsPort", raw.get("tlsPort"), 1, 65535)
+        if tls_port is not None and tls_port == port:
+            r.fail("public.tlsPort", f"{tls_port} is already used by appstack:public.port")
+    return PublicEndpoint(address, port, tls_port)
+
+
+def _parse_overrides(r: _Reader, app: str, default_replicas: int) -> dict[str, ServiceOverrides]:
+    raw = r.obj("services", {}) or {}
+    known = APP_IMAGES.get(app, ())
+    if not isinstance(raw, dict):
+        r.fail("services", "must be an object keyed by service name")
+        raw = {}
+    for name in raw:
+        if name not in known:
+            r.fail(f"services.{name}", f"unknown service {name!r}; known: {', '.join(known)}")
+    result: dict[str, ServiceOverrides] = {}
+    for name in known:
+        entry = raw.get(name, {}) or {}
+        if not isinstance(entry, dict):
+            r.fail(f"services.{name}", "must be an object")
+            entry = {}
+        unknown = set(entry) - {"replicas", "memoryMb", "cpus"}
+        if unknown:
+            r.fail(f"services.{name}", f"unknown fields {sorted(unknown)}")
+        replicas = r.int_(
+            f"services.{name}.replicas", entry.get("replicas", default_replicas), 1, 100
+        )
+        memory = entry.get("memoryMb")
+        memory_mb = r.int_(f"services.{name}.memoryMb", memory, 16, 1 << 20) if memory else None
+        cpus = entry.get("cpus")
+        if cpus is not None and (
+            isinstance(cpus, bool) or not isinstance(cpus, int | float) or cpus <= 0
+        ):
+            r.fail(f"services.{name}.cpus", f"must be a positive number, got {cpus!r}")
+            cpus = None
+        result[name] = ServiceOverrides(replicas or 1, memory_mb, cpus)
+    return result
+
+
+def _parse_ollama(r: _Reader) -> OllamaSettings:
+    raw = r.obj("ollama", {}) or {}
+    url = str(raw.get("url", "http://host.docker.internal:11434"))
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        r.fail("ollama.url", f"{url!r} must be an http(s) URL with a host")
+    network = raw.get("network")
+    model = str(raw.get("embeddingModel", "nomic-embed-text"))
+    return OllamaSettings(url.rstrip("/"), str(network) if network else None, model)
+
+
+def _parse_worker(r: _Reader) -> WorkerSettings:
+    raw = r.obj("worker", {}) or {}
+    kind = str(raw.get("type", "embedding"))
+    if kind not in ("embedding", "intents", "both"):
+        r.fail("worker.type", f"{kind!r} is not one of embedding, intents, both")
+    poll = r.int_("worker.pollInterval", raw.get("pollInterval", 5), 1, 3600) or 5
+    batch = r.int_("worker.batchSize", raw.get("batchSize", 16), 1, 10000) or 16
+    return WorkerSettings(kind, poll, batch)
+
+
+def _parse_secrets(
+    r: _Reader, app: str, generate: bool, environment: str
+) -> tuple[dict[str, pulumi.Output[str]], tuple[str, ...]]:
+    given: dict[str, pulumi.Output[str]] = {}
+    missing: list[str] = []
+    required = APP_SECRETS.get(app, ())
+    for key in required + APP_OPTIONAL_SECRETS.get(app, ()):
+        full = f"{NS}:{key}"
+        if get_config(full) is None:
+            if key in required:
+                missing.append(key)
+            continue
+        if not is_config_secret(full):
+            r.fail(key, f"is set in plaintext; set it with `pulumi config set --secret {key}`")
+            continue
+        value = r.config.get_secret(key)
+        if value is not None:
+            given[key] = value
+    if missing and not generate:
+        r.fail(
+            missing[0] if len(missing) == 1 else f"{{{','.join(missing)}}}",
+            f"required secret(s) {', '.join(missing)} missing on a {environment} stack "
+            "(it does not generate secrets); set each with `pulumi config set --secret KEY`",
+        )
+    return given, tuple(missing)
+
+
+def _parse_kubernetes(r: _Reader, stack: str, app: str) -> KubernetesSettings:
+    raw = r.obj("kubernetes", {}) or {}
+    known = {
+        "namespace", "ingressClass", "ingressHost", "tls", "tlsSecret",
+        "storageClass", "storageSize", "renderManifestsTo", "context",
+    }  # fmt: skip
+    unknown = set(raw) - known
+    if unknown:
+        r.fail("kubernetes", f"unknown fields {sorted(unknown)}")
+    namespace = str(raw.get("namespace", f"{stack}-{app}"))
+    if not _DNS_NAME.match(namespace) or "." in namespace or len(namespace) > 63:
+        r.fail("kubernetes.namespace", f"{namespace!r} is not a DNS-1123 label")
+    host = str(raw.get("ingressHost", f"{app}.example.com"))
+    if not _DNS_NAME.match(host) or "." not in host:
+        r.fail("kubernetes.ingressHost", f"{host!r} is not a DNS name")
+    storage_class = raw.get("storageClass")
+    if storage_class is not None and not _K8S_NAME.match(str(storage_class)):
+        r.fail("kubernetes.storageClass", f"{storage_class!r} is not a valid StorageClass name")
+    size = str(raw.get("storageSize", "10Gi"))
+    if not _SIZE.match(size):
+        r.fail("kubernetes.storageSize", f"{size!r} must look like 10Gi (Mi, Gi or Ti)")
+    tls = bool(raw.get("tls", False))
+    tls_secret = raw.get("tlsSecret")
+    if tls and not tls_secret:
+        r.fail("kubernetes.tlsSecret", "is required when kubernetes.tls is true")
+    render_to = raw.get("renderManifestsTo")
+    return KubernetesSettings(
+        namespace=namespace,
+        ingress_class=str(raw.get("ingressClass", "nginx")),
+        ingress_host=host,
+        tls_secret=str(tls_secret) if tls_secret else None,
+        tls=tls,
+        storage_class=str(storage_class) if storage_class else None,
+        storage_size=size,
+        render_to=str(render_to) if render_to else None,
+        kubeconfig_context=raw.get("context"),
+    )
+
+
+def load(
+    config: pulumi.Config | None = None,
+    stack: str | None = None,
+    project: str | None = None,
+    check_extra: Callable[[Settings], list[str]] | None = None,
+) -> Settings:
+    """Read and validate the stack's settings; raise one ``ConfigError`` naming every bad key."""
+    stack = stack or pulumi.get_stack()
+    project = project or pulumi.get_project()
+    r = _Reader(config or pulumi.Config(NS))
+
+    environment = r.str_("environment", stack if stack in ENVIRONMENT_DEFAULTS else None)
+    if environment not in ENVIRONMENT_DEFAULTS:
+        r.fail("environment", f"{environment!r} is not one of {', '.join(ENVIRONMENT_DEFAULTS)}")
+        environment = "dev"
+    defaults = ENVIRONMENT_DEFAULTS[environment]
+
+    app = r.str_("app", "haven") or "haven"
+    if app not in APP_IMAGES:
+        r.fail("app", f"{app!r} is not one of {', '.join(APP_IMAGES)}")
+        app = "haven"
+    platform = r.str_("platform", defaults["platform"]) or "docker"
+    if platform not in ("docker", "kubernetes"):
+        r.fail("platform", f"{platform!r} is not one of docker, kubernetes")
+
+    raw_images = r.obj("images", {}) or {}
+    images: dict[str, ImageRef] = {}
+    if not isinstance(raw_images, dict):
+        r.fail("images", "must be an object keyed by service name")
+        raw_images = {}
+    for name in raw_images:
+        if name not in APP_IMAGES[app]:
+            r.fail(
+                f"images.{name}", f"unknown service {name!r}; known: {', '.join(APP_IMAGES[app])}"
+            )
+    for name in APP_IMAGES[app]:
+        if name not in raw_images:
+            r.fail(f"images.{name}", "is required: pin the image of every service")
+            continue
+        image = _parse_image(r, name, raw_images[name])
+        if image is not None:
+            images[name] = image
+
+    generate = r.bool_("generateSecrets", defaults["generateSecrets"])
+    secrets, missing = _parse_secrets(r, app, generate, environment)
+    keep = r.int_("keepBackups", r.obj("keepBackups", defaults["keepBackups"]), 1, 1000)
+    settings = Settings(
+        project=project,
+        stack=stack,
+        environment=environment,
+        app=app,
+        platform=platform,
+        images=images,
+        public=_parse_public(r, defaults["public"]),
+        overrides=_parse_overrides(r, app, defaults["replicas"]),
+        ollama=_parse_ollama(r),
+        worker=_parse_worker(r),
+        qdrant_collection=r.str_("qdrantCollection", "haven_chunks") or "haven_chunks",
+        minio_bucket=r.str_("minioBucket", "haven-files") or "haven-files",
+        generate_secrets=generate,
+        protect_volumes=r.bool_("protectVolumes", defaults["protectVolumes"]),
+        keep_backups=keep or 1,
+        maintenance=r.bool_("maintenance", False),
+        migration_baseline=r.str_("migrationBaseline"),
+        docker_host=r.str_("dockerHost"),
+        secrets=secrets,
+        missing_secrets=missing,
+        kubernetes=_parse_kubernetes(r, stack, app) if platform == "kubernetes" else None,
+    )
+    if check_extra is not None:
+        r.errors.extend(check_extra(settings))
+    if r.errors:
+        msg = "invalid stack configuration:\n  " + "\n  ".join(r.errors)
+        raise ConfigError(msg)
+    return settings

@@ -1,0 +1,66 @@
+"""E2E fixtures: a real Pulumi engine and a real Docker engine (set up by tools/env.sh)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.stack import Stack, docker
+
+OLLAMA_IMAGE = "appstack.local/ollama:double"
+
+
+def _require_engines() -> None:
+    missing = []
+    if shutil.which("pulumi") is None:
+        missing.append("`pulumi` on PATH (tools/toolchain.sh)")
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode != 0:
+        missing.append("a Docker engine (tools/docker-engine.sh)")
+    if missing:
+        # Not a skip: the e2e suite is part of `make test`, which sets both up.
+        pytest.fail("e2e needs " + " and ".join(missing) + ": run it through `make test`")
+
+
+def start_ollama(network: str, name: str) -> None:
+    """Ollama is outside the stack: a stand-in container on its own network, as in dev."""
+    docker("rm", "-f", name, check=False)
+    docker("network", "rm", network, check=False)
+    docker("network", "create", network)
+    docker("run", "-d", "--name", name, "--network", network, "--network-alias", "ollama",
+           "--read-only", "--cap-drop", "ALL", OLLAMA_IMAGE)  # fmt: skip
+
+
+def cleanup(stack: Stack, ollama: str) -> None:
+    """Best effort: whatever a failed test left behind on the engine."""
+    stack.pulumi("destroy", "--yes", "--skip-preview", "--stack", stack.name)
+    ids = docker("ps", "-aq", "--filter", f"label=appstack.stack={stack.name}", check=False)
+    if ids:
+        docker("rm", "-f", *ids.split(), check=False)
+    for vol in docker(
+        "volume", "ls", "-q", "--filter", f"name={stack.name}-haven", check=False
+    ).split():
+        docker("volume", "rm", "-f", vol, check=False)
+    for net in docker(
+        "network", "ls", "-q", "--filter", f"name={stack.name}-haven", check=False
+    ).split():
+        docker("network", "rm", net, check=False)
+    docker("rm", "-f", ollama, check=False)
+    docker("network", "rm", stack.ollama_network, check=False)
+
+
+@pytest.fixture(scope="module")
+def haven(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A fresh stack (named after the module) deploying Haven's test images."""
+    _require_engines()
+    tmp: Path = tmp_path_factory.mktemp("stack")
+    stack = Stack.create(tmp, "e2e", 18181, {})
+    ollama = f"appstack-{stack.name}-ollama"
+    start_ollama(stack.ollama_network, ollama)
+    try:
+        yield stack
+    finally:
+        cleanup(stack, ollama)

@@ -1,0 +1,201 @@
+"""Drives a real Pulumi engine against a real Docker engine, in a scratch copy of the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COPY = ("__main__.py", "Pulumi.yaml", "Pulumi.dev.yaml", "components", "requirements.txt")
+
+
+def docker(*args: str, check: bool = True) -> str:
+    """Run the docker CLI against the engine the suite uses; return stdout."""
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        msg = f"docker {' '.join(args)} failed: {proc.stderr.strip()}"
+        raise AssertionError(msg)
+    return proc.stdout.strip()
+
+
+@dataclass
+class Result:
+    """What one pulumi command did."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def text(self) -> str:
+        """Everything it printed."""
+        return self.stdout + self.stderr
+
+
+@dataclass
+class Stack:
+    """One stack of the project, in its own directory, state backend and passphrase."""
+
+    name: str
+    workdir: Path
+    port: int
+    ollama_network: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, tmp: Path, name: str, port: int, config: Mapping[str, Any]) -> Stack:
+        """Copy the program, write ``Pulumi.<name>.yaml`` from dev's plus ``config``."""
+        work = tmp / "project"
+        work.mkdir(parents=True)
+        for item in COPY:
+            src = ROOT / item
+            if src.is_dir():
+                shutil.copytree(src, work / item, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(src, work / item)
+        # The scratch copy uses the repository's virtualenv.
+        pulumi_yaml = yaml.safe_load((work / "Pulumi.yaml").read_text())
+        pulumi_yaml["runtime"]["options"]["virtualenv"] = str(ROOT / ".venv")
+        (work / "Pulumi.yaml").write_text(yaml.safe_dump(pulumi_yaml))
+        dev = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
+        net = f"appstack-{name}-ollama"
+        dev["appstack:public"] = {"address": "127.0.0.1", "port": port}
+        dev["appstack:ollama"] = {"url": "http://ollama:11434", "network": net}
+        dev.update(config)
+        (work / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump({"config": dev}))
+        state = tmp / "state"
+        state.mkdir()
+        env = dict(os.environ)
+        env.update(
+            {
+                "PULUMI_BACKEND_URL": f"file://{state}",
+                "PULUMI_CONFIG_PASSPHRASE": "e2e-passphrase-not-a-secret-of-any-stack",
+                "PULUMI_SKIP_UPDATE_CHECK": "true",
+                "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+                "PULUMI_ERROR_OUTPUT_STRING": "true",
+            }
+        )
+        env.pop("PULUMI_CONFIG_PASSPHRASE_FILE", None)
+        stack = cls(name, work, port, net, env)
+        stack.pulumi("stack", "init", name, check=True)
+        return stack
+
+    @property
+    def state_dir(self) -> Path:
+        """The file backend's directory."""
+        return Path(self.env["PULUMI_BACKEND_URL"].removeprefix("file://"))
+
+    def pulumi(self, *args: str, check: bool = False, timeout: float = 900) -> Result:
+        """Run ``pulumi ARGS`` in the project copy."""
+        proc = subprocess.run(
+            ["pulumi", *args, "--non-interactive"],
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        result = Result(proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            msg = f"pulumi {' '.join(args)} failed ({proc.returncode}):\n{result.text[-6000:]}"
+            raise AssertionError(msg)
+        return result
+
+    def up(self, check: bool = True) -> Result:
+        """``pulumi up`` without a prompt."""
+        return self.pulumi("up", "--yes", "--skip-preview", "--stack", self.name, check=check)
+
+    def preview(self) -> dict[str, Any]:
+        """``pulumi preview --json``: the planned steps."""
+        out = self.pulumi("preview", "--json", "--diff", "--stack", self.name, check=True)
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    def set_config(self, key: str, value: Any, secret: bool = False) -> None:
+        """``pulumi config set``; objects are stored as JSON text, which ``get_object`` reads."""
+        args = ["config", "set", "--stack", self.name, key]
+        args.append(json.dumps(value) if isinstance(value, dict | list) else str(value))
+        if secret:
+            args.append("--secret")
+        self.pulumi(*args, check=True)
+
+    def set_images(self, tag: str, services: tuple[str, ...]) -> None:
+        """Point Haven services at another test-image tag."""
+        for svc in services:
+            self.pulumi(
+                "config", "set", "--path", "--stack", self.name,
+                f"appstack:images.{svc}.tag", tag, check=True,
+            )  # fmt: skip
+
+    def outputs(self, secrets: bool = False) -> dict[str, Any]:
+        """Stack outputs."""
+        args = ["stack", "output", "--json", "--stack", self.name]
+        if secrets:
+            args.append("--show-secrets")
+        return json.loads(self.pulumi(*args, check=True).stdout)  # type: ignore[no-any-return]
+
+    def export(self, secrets: bool = False) -> dict[str, Any]:
+        """``pulumi stack export``."""
+        args = ["stack", "export", "--stack", self.name]
+        if secrets:
+            args.append("--show-secrets")
+        return json.loads(self.pulumi(*args, check=True).stdout)  # type: ignore[no-any-return]
+
+    def resource_outputs(self, name_suffix: str) -> dict[str, Any]:
+        """The outputs of the one resource whose URN ends with ``name_suffix``."""
+        found = [
+            r for r in self.export()["deployment"]["resources"] if r["urn"].endswith(name_suffix)
+        ]
+        assert len(found) == 1, f"{name_suffix}: {len(found)} resources"
+        return found[0].get("outputs", {})  # type: ignore[no-any-return]
+
+    # -- what is running ---------------------------------------------------------------------
+
+    def containers(self) -> dict[str, dict[str, Any]]:
+        """Running containers of this stack by service, from the engine."""
+        ids = docker("ps", "-aq", "--filter", f"label=appstack.stack={self.name}").split()
+        if not ids:
+            return {}
+        info = json.loads(docker("inspect", *ids))
+        return {c["Config"]["Labels"]["appstack.service"]: c for c in info}
+
+    def url(self, path: str) -> str:
+        """A URL on the published gateway."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str, token: str | None = None) -> httpx.Response:
+        """GET through the public entry point."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.get(self.url(path), headers=headers, timeout=10)
+
+    def psql(self, sql: str) -> str:
+        """Run SQL in the stack's Postgres container (as the test operator would, via exec)."""
+        return docker(
+            "exec", f"{self.name}-haven-postgres",
+            "psql", "-U", "haven", "-d", "haven", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql,
+        )  # fmt: skip
+
+
+def wait_http(url: str, status: int = 200, deadline_s: float = 60) -> httpx.Response:
+    """Poll ``url`` until it answers ``status``."""
+    end = time.monotonic() + deadline_s
+    last: Exception | httpx.Response | None = None
+    while time.monotonic() < end:
+        try:
+            last = httpx.get(url, timeout=5)
+            if last.status_code == status:
+                return last
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(1)
+    msg = f"{url} did not answer {status}: {last!r}"
+    raise AssertionError(msg)

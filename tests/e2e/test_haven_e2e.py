@@ -1,0 +1,173 @@
+"""Haven's dev stack through a real `pulumi up` on a real Docker engine, release after release.
+
+The tests run in order on one stack: each step builds on the state the previous one left.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.e2e.stack import Stack, docker, wait_http
+
+pytestmark = pytest.mark.e2e
+SERVICES = ("gateway", "catalog", "search", "worker")
+DATASTORES = ("postgres", "qdrant", "minio")
+
+
+def secret_values(stack: Stack) -> dict[str, str]:
+    """Generated secrets by key, as an operator with the passphrase sees them."""
+    values = {}
+    for res in stack.export(secrets=True)["deployment"]["resources"]:
+        name = res["urn"].rsplit("::", 1)[-1]
+        if res["type"] == "pulumi-python:dynamic:Resource" and "length" in res.get("inputs", {}):
+            values[name.removeprefix(f"{stack.name}-haven-")] = res["outputs"]["value"]
+    return values
+
+
+def steps(preview: dict[str, Any]) -> dict[str, str]:
+    """Planned operation per resource name, leaving out the ones that stay the same."""
+    return {
+        s["urn"].rsplit("::", 1)[-1]: s["op"]
+        for s in preview.get("steps", [])
+        if s["op"] != "same" and not s["urn"].endswith("pulumi:pulumi:Stack::" + "appstack-e2e")
+    }
+
+
+def test_first_up_deploys_everything_healthy(haven: Stack) -> None:
+    haven.up()
+    running = haven.containers()
+    assert set(running) == set(SERVICES + DATASTORES)
+    for name, c in running.items():
+        assert c["State"]["Running"], name
+        if name != "worker":
+            assert c["State"]["Health"]["Status"] == "healthy", name
+    health = wait_http(haven.url("/v1/healthz"))
+    assert health.json()["status"] == "ok"
+    token = secret_values(haven)["authToken"]
+    assert haven.get("/v1/search?q=hello").status_code == 401
+    assert haven.get("/v1/search?q=hello", token="wrong").status_code == 403
+    assert haven.get("/v1/search?q=hello", token=token).status_code == 200
+
+
+def test_first_up_initialised_the_schema_and_ledger(haven: Stack) -> None:
+    out = haven.resource_outputs("::e2e-haven-migration")
+    assert out["applied"] == [] or out["applied"] == ["init.sql"]
+    assert out["baselined"], "every migration file of the release is baselined on a fresh init"
+    assert out["backup_id"] == "", "an empty database has nothing to back up"
+    ledger = haven.psql("select name || ':' || how from appstack_schema_ledger order by name")
+    assert "init.sql:init" in ledger.splitlines()
+    assert all(line.endswith((":baselined", ":init")) for line in ledger.splitlines())
+
+
+def test_exactly_one_published_port_and_an_internal_network(haven: Stack) -> None:
+    published = {
+        name: bindings
+        for name, c in haven.containers().items()
+        for port, bindings in (c["NetworkSettings"]["Ports"] or {}).items()
+        if bindings
+    }
+    assert list(published) == ["gateway"]
+    assert published["gateway"] == [{"HostIp": "127.0.0.1", "HostPort": str(haven.port)}]
+    net = json.loads(docker("network", "inspect", "e2e-haven-internal"))[0]
+    assert net["Internal"] is True
+    pg_nets = set(haven.containers()["postgres"]["NetworkSettings"]["Networks"])
+    assert pg_nets == {"e2e-haven-internal"}
+
+
+def test_no_secret_in_plaintext_in_state_or_export(haven: Stack) -> None:
+    secrets = secret_values(haven)
+    assert len(secrets) == 7
+    exported = json.dumps(haven.export())
+    files = [p.read_text(errors="replace") for p in haven.state_dir.rglob("*") if p.is_file()]
+    assert files, "the file backend wrote state"
+    for key, value in secrets.items():
+        assert value not in exported, f"{key} appears in `pulumi stack export`"
+        for text in files:
+            assert value not in text, f"{key} appears in a state file"
+
+
+def test_second_up_changes_nothing_but_the_smoke_test(haven: Stack) -> None:
+    before = haven.resource_outputs("::e2e-haven-migration")
+    planned = steps(haven.preview())
+    assert planned == {"e2e-haven-smoke": "update"}, planned
+    ids = {n: c["Id"] for n, c in haven.containers().items()}
+    haven.up()
+    assert {n: c["Id"] for n, c in haven.containers().items()} == ids
+    assert haven.resource_outputs("::e2e-haven-migration") == before
+
+
+def test_new_gateway_tag_replaces_only_the_gateway_and_keeps_data(haven: Stack) -> None:
+    haven.psql(
+        "insert into documents (title) values ('kept across releases');"
+        "insert into chunks (document_id, content) select id, 'c' from documents limit 1"
+    )
+    ids = {n: c["Id"] for n, c in haven.containers().items()}
+    haven.set_images("0.2.0", ("gateway",))
+    planned = steps(haven.preview())
+    replaced = {name for name, op in planned.items() if op in ("replace", "create-replacement")}
+    assert replaced <= {"e2e-haven-gateway", "e2e-haven-gateway-image"}
+    assert "e2e-haven-gateway" in replaced
+    assert set(planned) <= {"e2e-haven-gateway", "e2e-haven-gateway-image", "e2e-haven-smoke"} | {
+        n for n, op in planned.items() if op in ("delete-replaced", "replace")
+    }
+    haven.up()
+    after = {n: c["Id"] for n, c in haven.containers().items()}
+    changed = {n for n in ids if ids[n] != after[n]}
+    assert changed == {"gateway"}
+    assert haven.get("/v1/healthz").json().get("version") == "0.2.0"
+    assert "kept across releases" in haven.psql("select title from documents")
+
+
+def test_new_release_backs_up_then_applies_only_the_new_migration(haven: Stack) -> None:
+    haven.set_images("0.2.0", ("catalog", "search", "worker"))
+    haven.up()
+    out = haven.resource_outputs("::e2e-haven-migration")
+    assert [f for f in out["applied"] if f != "init.sql"] == ["migrations/v2_003_collections.sql"]
+    assert out["backup_id"].startswith("e2e-haven-")
+    assert "kept across releases" in haven.psql("select title from documents")
+    backups = docker(
+        "run", "--rm", "-v", "e2e-haven-backups:/backups", "--entrypoint", "ls",
+        "appstack.local/postgres-pgvector:17", "/backups",
+    )  # fmt: skip
+    assert out["backup_id"] in backups.split()
+
+
+def test_broken_migration_fails_the_up_and_the_old_release_keeps_serving(haven: Stack) -> None:
+    ids = {n: c["Id"] for n, c in haven.containers().items()}
+    haven.set_images("0.3.0-broken", SERVICES)
+    result = haven.up(check=False)
+    assert result.code != 0
+    assert "v2_004_broken.sql" in result.text
+    after = haven.containers()
+    assert {n: c["Id"] for n, c in after.items()} == ids, "no service was replaced"
+    assert all(c["State"]["Running"] for c in after.values()), "the worker was restarted"
+    assert haven.get("/v1/healthz").json().get("version") == "0.2.0"
+    ledger = haven.psql("select name from appstack_schema_ledger")
+    assert "migrations/v2_004_broken.sql" not in ledger
+    haven.set_images("0.2.0", SERVICES)
+    haven.up()
+
+
+def test_failing_smoke_test_fails_the_up(haven: Stack) -> None:
+    haven.set_config("appstack:ollama", {"url": "http://nowhere.invalid:11434",
+                                         "network": haven.ollama_network})  # fmt: skip
+    result = haven.up(check=False)
+    assert result.code != 0
+    assert "search-authorized" in result.text
+    token = secret_values(haven)["authToken"]
+    assert token not in result.text
+    haven.set_config("appstack:ollama", {"url": "http://ollama:11434",
+                                         "network": haven.ollama_network})  # fmt: skip
+    haven.up()
+
+
+def test_destroy_removes_containers_networks_and_unprotected_volumes(haven: Stack) -> None:
+    haven.pulumi("destroy", "--yes", "--skip-preview", "--stack", haven.name, check=True)
+    assert haven.containers() == {}
+    nets = docker("network", "ls", "--format", "{{.Name}}").split()
+    assert not [n for n in nets if n.startswith("e2e-haven-")]
+    vols = docker("volume", "ls", "--format", "{{.Name}}").split()
+    assert not [v for v in vols if v.startswith("e2e-haven-")], "dev volumes are not protected"

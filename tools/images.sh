@@ -1,0 +1,291 @@
+#!/usr/bin/env bash
+# tools/images.sh — build appstack's local test images without any container registry.
+#
+#   tools/images.sh build [all|NAME...]   build (or reuse) images; NAME is one of `names`
+#   tools/images.sh list                  print every image reference this script produces
+#   tools/images.sh tags                  print the Haven test tags
+#   tools/images.sh names                 print the buildable names
+#
+# Every image is derived from ONE Debian trixie rootfs made with debootstrap and imported as
+# appstack.local/base:trixie-<hash8>. Each image carries the label appstack.inputs-hash (a
+# sha256 over everything that went into it, the base included); a build is skipped when an
+# image with that tag and label already exists. The rootfs tarball is cached under
+# ${APPSTACK_CACHE:-$HOME/.cache/appstack}/images/, keyed by its package list.
+# Progress goes to stderr; a failure names the step that failed. Needs a Docker engine
+# (DOCKER_HOST honoured; see tools/docker-engine.sh) and root for debootstrap.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+IMG_DIR="$ROOT/tools/images"
+APP_DIR="$ROOT/tests/e2e/app/haven"
+CACHE="${APPSTACK_CACHE:-$HOME/.cache/appstack}"
+IMG_CACHE="$CACHE/images"
+SUITE=trixie
+MIRROR="${APPSTACK_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+KEYRING="${APPSTACK_DEBIAN_KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}"
+
+HAVEN_TAGS=(0.1.0 0.2.0 0.3.0-broken)
+HAVEN_SERVICES=(gateway catalog search worker)
+POSTGRES_REF=appstack.local/postgres-pgvector:17
+QDRANT_REF=appstack.local/qdrant:1.12-double
+OLLAMA_REF=appstack.local/ollama:double
+# Real MinIO server, built from the Go module proxy (a pinned pseudo-version of master).
+MINIO_MODULE=github.com/minio/minio
+MINIO_VERSION="${APPSTACK_MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"
+MC_MODULE=github.com/minio/mc
+MC_VERSION="${APPSTACK_MC_VERSION:-v0.0.0-20250313080218-cf909e1063a9}"
+WITH_MC="${APPSTACK_MINIO_WITH_MC:-true}"
+
+log() { printf '[images] %s\n' "$*" >&2; }
+STEP="init"
+step() { STEP="$*"; log "$*"; }
+trap 'rc=$?; if [ $rc -ne 0 ]; then log "FAILED at step: $STEP (exit $rc)"; fi' EXIT
+
+DOCKER="${DOCKER:-docker}"
+if [ -x /usr/local/bin/docker ] && [ -z "${DOCKER_SET:-}" ]; then DOCKER=/usr/local/bin/docker; fi
+# The legacy builder is enough (and is what Debian's docker.io 20.10 has); buildx may be absent.
+if ! "$DOCKER" buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=0; fi
+
+sha() { sha256sum | cut -d' ' -f1; }
+
+minio_tag() { # v0.0.0-20260212201848-7aac2a2c5b7c -> 2026-02-12T20-18-48Z-7aac2a2c
+  local v="$MINIO_VERSION" ts commit
+  ts="$(echo "$v" | cut -d- -f2)"; commit="$(echo "$v" | cut -d- -f3)"
+  echo "${ts:0:4}-${ts:4:2}-${ts:6:2}T${ts:8:2}-${ts:10:2}-${ts:12:2}Z-${commit:0:8}"
+}
+MINIO_REF="appstack.local/minio:$(minio_tag)"
+
+base_packages() { grep -v '^\s*#' "$IMG_DIR/base/packages.txt" | tr -s ' \n' '\n' | sed '/^$/d' | sort -u; }
+base_key() { { echo "suite=$SUITE variant=minbase arch=$(dpkg --print-architecture 2>/dev/null || uname -m)";
+  base_packages; cat "$IMG_DIR/base/finalize.sh"; } | sha; }
+base_ref() { echo "appstack.local/base:$SUITE-$(base_key | cut -c1-8)"; }
+
+image_hash_label() { # ref -> label value or ""
+  "$DOCKER" image inspect -f '{{ index .Config.Labels "appstack.inputs-hash" }}' "$1" 2>/dev/null || true
+}
+
+context_hash() { # dir extra... -> sha of files (path + content) and extra strings
+  local dir="$1"; shift
+  { (cd "$dir" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum);
+    (cd "$dir" && find . -type f -perm -u+x | LC_ALL=C sort);
+    printf '%s\n' "$@"; } | sha
+}
+
+# ---------------------------------------------------------------------------------------- base
+build_base() {
+  local key ref tarball
+  key="$(base_key)"; ref="$(base_ref)"
+  if [ "$(image_hash_label "$ref")" = "$key" ]; then log "base: $ref up to date"; return 0; fi
+  mkdir -p "$IMG_CACHE"
+  tarball="$IMG_CACHE/rootfs-$SUITE-${key:0:16}.tar"
+  if [ ! -s "$tarball" ]; then
+    [ "$(id -u)" = 0 ] || { STEP="base: debootstrap needs root"; return 1; }
+    if ! command -v debootstrap >/dev/null 2>&1; then
+      step "base: installing debootstrap"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y debootstrap >&2 \
+        || { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y debootstrap >&2; }
+    fi
+    local rootfs="$IMG_CACHE/rootfs-$SUITE-${key:0:16}.tmp"
+    rm -rf "$rootfs"; mkdir -p "$rootfs"
+    local pkgs; pkgs="$(base_packages | paste -sd, -)"
+    step "base: debootstrap --variant=minbase $SUITE ($pkgs) from $MIRROR (log $IMG_CACHE/debootstrap.log)"
+    local t0=$SECONDS
+    if ! debootstrap --variant=minbase --keyring="$KEYRING" --include="$pkgs" \
+         "$SUITE" "$rootfs" "$MIRROR" >"$IMG_CACHE/debootstrap.log" 2>&1; then
+      tail -n 30 "$IMG_CACHE/debootstrap.log" >&2
+      [ -f "$rootfs/debootstrap/debootstrap.log" ] && tail -n 30 "$rootfs/debootstrap/debootstrap.log" >&2
+      return 1
+    fi
+    log "base: debootstrap took $((SECONDS - t0))s"
+    step "base: finalize rootfs"
+    bash "$IMG_DIR/base/finalize.sh" "$rootfs" >&2
+    step "base: pack rootfs into $tarball"
+    tar --numeric-owner --xattrs -C "$rootfs" -cf "$tarball.tmp" .
+    mv "$tarball.tmp" "$tarball"
+    rm -rf "$rootfs"
+  else
+    log "base: reusing cached rootfs $tarball"
+  fi
+  step "base: docker import $ref"
+  "$DOCKER" import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' \
+    --change "LABEL appstack.inputs-hash=$key" \
+    --change 'CMD ["/bin/bash"]' \
+    - "$ref" <"$tarball" >/dev/null
+  log "base: $ref imported"
+}
+
+# ----------------------------------------------------------------------------- derived images
+# docker_build REF CONTEXT_DIR [--build-arg ...]: skip when the label matches.
+docker_build() {
+  local ref="$1" ctx="$2"; shift 2
+  local base; base="$(base_ref)"
+  local h; h="$(context_hash "$ctx" "base=$base:$(image_hash_label "$base")" "$@")"
+  if [ "$(image_hash_label "$ref")" = "$h" ]; then log "$ref up to date (${h:0:12})"; return 0; fi
+  step "build $ref"
+  local t0=$SECONDS
+  if ! "$DOCKER" build -q --build-arg "BASE=$base" "$@" \
+       --label "appstack.inputs-hash=$h" -t "$ref" "$ctx" >/dev/null 2>"$IMG_CACHE/build.err"; then
+    # re-run verbosely so the failing Dockerfile step is visible
+    "$DOCKER" build --build-arg "BASE=$base" "$@" --label "appstack.inputs-hash=$h" -t "$ref" "$ctx" >&2 || true
+    return 1
+  fi
+  log "built $ref in $((SECONDS - t0))s"
+}
+
+tmp_ctx() { mktemp -d "${TMPDIR:-/tmp}/appstack-img.XXXXXX"; }
+
+build_postgres() {
+  docker_build "$POSTGRES_REF" "$IMG_DIR/postgres-pgvector"
+}
+
+build_qdrant() {
+  docker_build "$QDRANT_REF" "$IMG_DIR/qdrant-double"
+}
+
+build_ollama() {
+  docker_build "$OLLAMA_REF" "$IMG_DIR/ollama-double"
+}
+
+haven_schema_files() { # tag -> relative schema paths from the manifest
+  awk -v t="$1" '!/^#/ && NF>=2 && $1==t { for (i=2;i<=NF;i++) print $i }' "$APP_DIR/schema/MANIFEST"
+}
+
+build_haven() { # build_haven TAG
+  local tag="$1" ctx svc
+  grep -qE "^$tag( |$)" "$APP_DIR/schema/MANIFEST" || { STEP="haven $tag: tag missing from schema MANIFEST"; return 1; }
+  ctx="$(tmp_ctx)"
+  step "haven $tag: assemble build context"
+  cp "$IMG_DIR/haven/Dockerfile" "$ctx/Dockerfile"
+  mkdir -p "$ctx/app/schema/migrations" "$ctx/app/fixtures"
+  cp "$APP_DIR"/*.py "$ctx/app/"
+  cp "$APP_DIR/healthcheck.sh" "$ctx/haven-healthcheck"
+  local f
+  while read -r f; do
+    [ -n "$f" ] || continue
+    [ -f "$APP_DIR/schema/$f" ] || { STEP="haven $tag: schema file $f missing"; rm -rf "$ctx"; return 1; }
+    case "$f" in
+      */init.sql) cp "$APP_DIR/schema/$f" "$ctx/app/schema/init.sql" ;;
+      migrations/*) cp "$APP_DIR/schema/$f" "$ctx/app/schema/migrations/" ;;
+      *) cp "$APP_DIR/schema/$f" "$ctx/app/schema/" ;;
+    esac
+  done < <(haven_schema_files "$tag")
+  [ -f "$ctx/app/schema/init.sql" ] || { STEP="haven $tag: no init.sql in MANIFEST"; rm -rf "$ctx"; return 1; }
+  cp "$APP_DIR/schema/legacy/v1_init.sql" "$ctx/app/fixtures/v1_init.sql"
+  for svc in "${HAVEN_SERVICES[@]}"; do
+    docker_build "appstack.local/haven-$svc:$tag" "$ctx" \
+      --build-arg "SERVICE=$svc" --build-arg "HAVEN_VERSION=$tag" || { rm -rf "$ctx"; return 1; }
+  done
+  rm -rf "$ctx"
+}
+
+build_minio_binaries() { # -> $IMG_CACHE/bin/{minio,mc}-<version>
+  mkdir -p "$IMG_CACHE/bin"
+  command -v go >/dev/null 2>&1 || { STEP="minio: Go toolchain missing (needs go >= 1.24)"; return 1; }
+  local out="$IMG_CACHE/bin/minio-$MINIO_VERSION"
+  if [ ! -x "$out" ]; then
+    local ts commit ver rel
+    ts="$(echo "$MINIO_VERSION" | cut -d- -f2)"; commit="$(echo "$MINIO_VERSION" | cut -d- -f3)"
+    ver="${ts:0:4}-${ts:4:2}-${ts:6:2}T${ts:8:2}:${ts:10:2}:${ts:12:2}Z"
+    rel="RELEASE.${ts:0:4}-${ts:4:2}-${ts:6:2}T${ts:8:2}-${ts:10:2}-${ts:12:2}Z"
+    local p=github.com/minio/minio/cmd
+    step "minio: go install $MINIO_MODULE@$MINIO_VERSION (CGO_ENABLED=0, log $IMG_CACHE/minio-build.log)"
+    local gobin t0=$SECONDS; gobin="$(tmp_ctx)"
+    if ! CGO_ENABLED=0 GOBIN="$gobin" GOFLAGS=-buildvcs=false go install -trimpath \
+        -ldflags "-s -w -X $p.Version=$ver -X $p.ReleaseTag=$rel -X $p.CommitID=$commit -X $p.ShortCommitID=${commit:0:12} -X $p.CopyrightYear=${ts:0:4}" \
+        "$MINIO_MODULE@$MINIO_VERSION" >"$IMG_CACHE/minio-build.log" 2>&1; then
+      tail -n 30 "$IMG_CACHE/minio-build.log" >&2; rm -rf "$gobin"; return 1
+    fi
+    mv "$gobin/minio" "$out"; rm -rf "$gobin"
+    log "minio: built in $((SECONDS - t0))s"
+  fi
+  if [ "$WITH_MC" = true ] && [ ! -x "$IMG_CACHE/bin/mc-$MC_VERSION" ]; then
+    step "minio: go install $MC_MODULE@$MC_VERSION (log $IMG_CACHE/mc-build.log)"
+    local gobin t0=$SECONDS; gobin="$(tmp_ctx)"
+    if CGO_ENABLED=0 GOBIN="$gobin" GOFLAGS=-buildvcs=false go install -trimpath -ldflags "-s -w" \
+        "$MC_MODULE@$MC_VERSION" >"$IMG_CACHE/mc-build.log" 2>&1; then
+      mv "$gobin/mc" "$IMG_CACHE/bin/mc-$MC_VERSION"; log "mc: built in $((SECONDS - t0))s"
+    else
+      log "mc: build failed (image ships appstack-mkbucket only); see $IMG_CACHE/mc-build.log"
+    fi
+    rm -rf "$gobin"
+  fi
+}
+
+build_minio() {
+  local base; base="$(base_ref)"
+  # Decide from the inputs alone whether anything must be compiled.
+  local h; h="$(context_hash "$IMG_DIR/minio" "base=$base:$(image_hash_label "$base")" \
+    "minio=$MINIO_VERSION" "mc=$WITH_MC:$MC_VERSION")"
+  if [ "$(image_hash_label "$MINIO_REF")" = "$h" ]; then log "$MINIO_REF up to date (${h:0:12})"; return 0; fi
+  build_minio_binaries
+  local ctx; ctx="$(tmp_ctx)"
+  cp -r "$IMG_DIR/minio/." "$ctx/"
+  mkdir -p "$ctx/bin"
+  cp "$IMG_CACHE/bin/minio-$MINIO_VERSION" "$ctx/bin/minio"
+  if [ "$WITH_MC" = true ] && [ -x "$IMG_CACHE/bin/mc-$MC_VERSION" ]; then
+    cp "$IMG_CACHE/bin/mc-$MC_VERSION" "$ctx/bin/mc"
+  fi
+  step "build $MINIO_REF"
+  local t0=$SECONDS
+  if ! "$DOCKER" build -q --build-arg "BASE=$base" --build-arg "MINIO_VERSION=$MINIO_VERSION" \
+       --label "appstack.inputs-hash=$h" -t "$MINIO_REF" "$ctx" >/dev/null 2>"$IMG_CACHE/build.err"; then
+    cat "$IMG_CACHE/build.err" >&2
+    rm -rf "$ctx"; return 1
+  fi
+  rm -rf "$ctx"
+  log "built $MINIO_REF in $((SECONDS - t0))s"
+}
+
+# ------------------------------------------------------------------------------------- CLI
+all_refs() {
+  echo "$(base_ref)"
+  echo "$POSTGRES_REF"
+  local t s
+  for t in "${HAVEN_TAGS[@]}"; do for s in "${HAVEN_SERVICES[@]}"; do echo "appstack.local/haven-$s:$t"; done; done
+  echo "$QDRANT_REF"
+  echo "$MINIO_REF"
+  echo "$OLLAMA_REF"
+}
+
+names() { echo base postgres haven qdrant minio ollama; for t in "${HAVEN_TAGS[@]}"; do echo "haven:$t"; done; }
+
+build_one() {
+  case "$1" in
+    base) build_base ;;
+    postgres|postgres-pgvector) build_postgres ;;
+    qdrant) build_qdrant ;;
+    ollama) build_ollama ;;
+    minio) build_minio ;;
+    haven) local t; for t in "${HAVEN_TAGS[@]}"; do build_haven "$t"; done ;;
+    haven:*) build_haven "${1#haven:}" ;;
+    *) STEP="unknown image name '$1' (try: $(names | paste -sd' ' -))"; return 1 ;;
+  esac
+}
+
+cmd_build() {
+  [ $# -gt 0 ] || set -- all
+  if [ "$1" = all ]; then set -- postgres haven qdrant ollama minio; fi
+  step "check Docker engine"
+  if ! "$DOCKER" info >/dev/null 2>&1 && [ -z "${DOCKER_HOST:-}" ]; then
+    # fall back to the private engine of tools/docker-engine.sh when it runs
+    eval "$("$ROOT/tools/docker-engine.sh" env 2>/dev/null)" || true
+    [ -n "${DOCKER_HOST:-}" ] && log "using the engine of tools/docker-engine.sh: $DOCKER_HOST"
+  fi
+  "$DOCKER" info >/dev/null 2>&1 || { STEP="no Docker engine answers (DOCKER_HOST=${DOCKER_HOST:-unset}); run: eval \"\$(tools/docker-engine.sh start)\""; return 1; }
+  mkdir -p "$IMG_CACHE"
+  local t0=$SECONDS n
+  build_base
+  for n in "$@"; do [ "$n" = base ] || build_one "$n"; done
+  STEP="done"
+  log "all requested images ready in $((SECONDS - t0))s"
+}
+
+case "${1:-}" in
+  build) shift; cmd_build "$@" ;;
+  list) all_refs ;;
+  tags) printf '%s\n' "${HAVEN_TAGS[@]}" ;;
+  names) names ;;
+  *) echo "usage: $0 build [all|NAME...] | list | tags | names" >&2; exit 2 ;;
+esac

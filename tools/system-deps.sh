@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Debian packages the test suite needs: PostgreSQL 15 with pgvector (provider tests run a real
+# server), debootstrap (test images). Installs only what is missing; needs root (apt-get).
+set -euo pipefail
+need=()
+[[ -x /usr/lib/postgresql/15/bin/postgres ]] || need+=(postgresql-15)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client-15)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+if [[ ${#need[@]} -gt 0 ]]; then
+  echo "appstack: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
