@@ -160,6 +160,7 @@ class InitTask:
     image: pulumi.Input[str]
     command: tuple[str, ...]
     after: tuple[str, ...]
+    entrypoint: tuple[str, ...] | None = None
     env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     secret_env: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
 

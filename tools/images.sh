@@ -121,7 +121,7 @@ build_base() {
 docker_build() {
   local ref="$1" ctx="$2"; shift 2
   local base; base="$(base_ref)"
-  local h; h="$(context_hash "$ctx" "base=$base:$(image_hash_label "$base")" "$@")"
+  local h; h="$(context_hash "$ctx" "base=$base:$(base_key)" "$@")"
   if [ "$(image_hash_label "$ref")" = "$h" ]; then log "$ref up to date (${h:0:12})"; return 0; fi
   step "build $ref"
   local t0=$SECONDS
@@ -213,11 +213,28 @@ build_minio_binaries() { # -> $IMG_CACHE/bin/{minio,mc}-<version>
   fi
 }
 
+minio_hash() {
+  context_hash "$IMG_DIR/minio" "base=$(base_ref):$(base_key)" "minio=$MINIO_VERSION" "mc=$WITH_MC:$MC_VERSION"
+}
+
+MINIO_PID=""
+start_minio_prebuild() { # compile MinIO (CPU) while debootstrap (network) runs
+  [ -x "$IMG_CACHE/bin/minio-$MINIO_VERSION" ] && { [ "$WITH_MC" != true ] || [ -x "$IMG_CACHE/bin/mc-$MC_VERSION" ]; } && return 0
+  command -v go >/dev/null 2>&1 || return 0
+  log "minio: compiling in the background (log $IMG_CACHE/minio-prebuild.log)"
+  ( build_minio_binaries ) >"$IMG_CACHE/minio-prebuild.log" 2>&1 &
+  MINIO_PID=$!
+}
+
 build_minio() {
+  if [ -n "$MINIO_PID" ]; then
+    step "minio: waiting for the background compile"
+    wait "$MINIO_PID" || log "minio: background compile failed; retrying in the foreground"
+    MINIO_PID=""
+  fi
   local base; base="$(base_ref)"
   # Decide from the inputs alone whether anything must be compiled.
-  local h; h="$(context_hash "$IMG_DIR/minio" "base=$base:$(image_hash_label "$base")" \
-    "minio=$MINIO_VERSION" "mc=$WITH_MC:$MC_VERSION")"
+  local h; h="$(minio_hash)"
   if [ "$(image_hash_label "$MINIO_REF")" = "$h" ]; then log "$MINIO_REF up to date (${h:0:12})"; return 0; fi
   build_minio_binaries
   local ctx; ctx="$(tmp_ctx)"
@@ -276,6 +293,9 @@ cmd_build() {
   "$DOCKER" info >/dev/null 2>&1 || { STEP="no Docker engine answers (DOCKER_HOST=${DOCKER_HOST:-unset}); run: eval \"\$(tools/docker-engine.sh start)\""; return 1; }
   mkdir -p "$IMG_CACHE"
   local t0=$SECONDS n
+  for n in "$@"; do
+    if [ "$n" = minio ] && [ "$(image_hash_label "$MINIO_REF")" != "$(minio_hash)" ]; then start_minio_prebuild; fi
+  done
   build_base
   for n in "$@"; do [ "$n" = base ] || build_one "$n"; done
   STEP="done"

@@ -26,8 +26,8 @@ RECIPE=2
 COMPONENTS=(pulumi langhost)
 # Former components (provider plugins), accepted by `ensure` and ignored; see the README.
 LEGACY_COMPONENTS=" docker command kubernetes "
-# Everything bin/ may contain; older names are removed from bin/ by link_bin.
-STALE_BIN_NAMES=(pulumi-resource-docker pulumi-resource-command pulumi-resource-kubernetes)
+# Names an older recipe put into bin/; link_bin removes them.
+STALE_BIN_NAMES=(pulumi-language-python pulumi-resource-docker pulumi-resource-command pulumi-resource-kubernetes)
 
 # Go: local toolchain only (a toolchain download would be a surprise on CI), parallelism of the
 # 2-core machines, no VCS stamping (sources come from module zips, not a checkout).
@@ -89,8 +89,8 @@ is_cached() {
       grep -qx "recipe=$RECIPE" "$dir/$STAMP_NAME" || return 1
       for b in $(pulumi_bins); do [[ -x "$dir/bin/$b" ]] || return 1; done ;;
     langhost)
-      # Nothing to build: bin/pulumi-language-python links to the repo's tools/langhost/.
-      [[ -x "$LANGHOST_SRC" && "$(readlink "$BIN_DIR/pulumi-language-python" 2>/dev/null)" == "$LANGHOST_SRC" ]] || return 1 ;;
+      # Nothing to build: pulumi-vX/bin/pulumi-language-python links to the repo's tools/langhost/.
+      [[ -x "$LANGHOST_SRC" && "$(readlink "$(langhost_link)" 2>/dev/null)" == "$LANGHOST_SRC" ]] || return 1 ;;
     *) return 1 ;;
   esac
 }
@@ -233,15 +233,26 @@ ensure_pulumi() {
   log "pulumi v$V: built in $((t1 - t0))s"
 }
 
-# The language host is ours (Python, in the repo): nothing to build, bin/ links to it.
+# The language host is ours (Python, in the repo): nothing to build. It is linked into the CLI's
+# own dir (pulumi-vX/bin/, where the engine looks for the bundled "python" language plugin, next to
+# the real `pulumi`), not into bin/: a pulumi-language-python on PATH that does not resolve to the
+# file next to `pulumi` makes the engine warn "using pulumi-language-python from $PATH" on every run.
+langhost_link() { printf '%s/bin/pulumi-language-python\n' "$(component_dir pulumi)"; }
+
 ensure_langhost() {
-  step "langhost: check $LANGHOST_SRC"
+  local link
+  step "langhost: link $LANGHOST_SRC"
   [[ -f "$LANGHOST_SRC" ]] || die "$LANGHOST_SRC is missing"
   [[ -x "$LANGHOST_SRC" ]] || die "$LANGHOST_SRC is not executable"
   [[ -f "$SCRIPT_DIR/langhost/langhost.py" ]] || die "$SCRIPT_DIR/langhost/langhost.py is missing"
-  mkdir -p "$BIN_DIR"
-  ln -sfn "$LANGHOST_SRC" "$BIN_DIR/pulumi-language-python"
-  log "langhost: $BIN_DIR/pulumi-language-python -> $LANGHOST_SRC"
+  is_cached pulumi || die "the pulumi CLI v$(component_version pulumi) is not built (run: tools/toolchain.sh ensure pulumi)"
+  link="$(langhost_link)"
+  if [[ "$(readlink "$link" 2>/dev/null)" != "$LANGHOST_SRC" ]]; then
+    ln -sfn "$LANGHOST_SRC" "$link"
+    log "langhost: $link -> $LANGHOST_SRC"
+  else
+    log "langhost: linked ($link -> $LANGHOST_SRC)"
+  fi
 }
 
 link_bin() { # (re)point bin/ at the pinned CLI files that are cached
@@ -308,7 +319,7 @@ cmd_env() {
 cmd_status() {
   local c what
   for c in "${COMPONENTS[@]}"; do
-    case "$c" in pulumi) what="$(component_dir pulumi)" ;; langhost) what="$BIN_DIR/pulumi-language-python -> $LANGHOST_SRC" ;; esac
+    case "$c" in pulumi) what="$(component_dir pulumi)" ;; langhost) what="$(langhost_link) -> $LANGHOST_SRC" ;; esac
     if is_cached "$c"; then printf '%-9s v%-10s ready   %s\n' "$c" "$(component_version "$c")" "$what"
     else printf '%-9s v%-10s missing %s\n' "$c" "$(component_version "$c")" "$what"; fi
   done

@@ -39,9 +39,8 @@ DEFAULT_RESOURCES = {
 # The official entrypoints of postgres and minio start as root, fix volume ownership, then drop
 # to their own user: they keep only the capabilities that needs.
 DATASTORE_CAPS = ("CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER")
+# MinIO's image has `mc`; its entrypoint is replaced by `sh -c` for this one command.
 MAKE_BUCKET = (
-    "sh",
-    "-c",
     'mc alias set haven "http://minio:9000" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >/dev/null'
     ' && mc mb --ignore-existing "haven/$MINIO_BUCKET"',
 )
@@ -110,7 +109,8 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
     minio = svc(
         "minio",
         role=Role.DATASTORE,
-        command=("minio", "server", "/data", "--address", ":9000"),
+        # The image's entrypoint is `minio` (or a script that prefixes it): pass its arguments.
+        command=("server", "/data", "--address", ":9000"),
         secret_env={
             "MINIO_ROOT_USER": secrets["minioAccessKey"],
             "MINIO_ROOT_PASSWORD": secrets["minioSecretKey"],
@@ -212,6 +212,7 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         name="bucket",
         image=image["minio"],
         command=MAKE_BUCKET,
+        entrypoint=("sh", "-c"),
         after=("minio",),
         env={"MINIO_BUCKET": settings.minio_bucket},
         secret_env={

@@ -233,6 +233,7 @@ class DockerApp(pulumi.ComponentResource):
                         target=self._target(),
                         image=image,
                         command=list(task.command),
+                        entrypoint=list(task.entrypoint) if task.entrypoint is not None else None,
                         env=dict(task.env),
                         secret_env=dict(task.secret_env),
                     ),

@@ -11,7 +11,8 @@ converges on the next run without state surgery.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pulumi
@@ -32,13 +33,19 @@ class EngineError(RuntimeError):
     """The Docker engine refused an operation; the message names the object."""
 
 
-def client(docker_host: str | None) -> Any:
-    """A Docker client for ``docker_host`` (or the environment's ``DOCKER_HOST``)."""
+@contextmanager
+def client(docker_host: str | None) -> Iterator[Any]:
+    """A Docker client for ``docker_host`` (or the environment's ``DOCKER_HOST``), closed after."""
     import docker
 
     if docker_host:
-        return docker.DockerClient(base_url=docker_host, timeout=120)
-    return docker.from_env(timeout=120)
+        docker_client = docker.DockerClient(base_url=docker_host, timeout=120)
+    else:
+        docker_client = docker.from_env(timeout=120)
+    try:
+        yield docker_client
+    finally:
+        docker_client.close()
 
 
 def _not_found(exc: Exception) -> bool:

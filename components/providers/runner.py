@@ -56,6 +56,8 @@ class Task:
     timeout_s: float = 600.0
     secret_keys: Sequence[str] = ()
     """Env names whose values are secret (names that look secret are redacted anyway)."""
+    entrypoint: Sequence[str] | None = None
+    """Overrides the image's entrypoint (e.g. MinIO's, which would prefix every command)."""
 
     def __post_init__(self) -> None:
         if not self.command:
@@ -268,6 +270,7 @@ class DockerRunner:
                 client,
                 task.image,
                 command=list(task.command),
+                entrypoint=list(task.entrypoint) if task.entrypoint is not None else None,
                 name=name,
                 environment={**task.env, "WORK": CONTAINER_WORK},
                 network=task.network or self.network or None,

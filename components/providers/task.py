@@ -17,7 +17,7 @@ from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider,
 
 from components.providers.runner import Target, Task, runner_for
 
-RERUN_KEYS = ("image", "command", "env", "target")
+RERUN_KEYS = ("image", "entrypoint", "command", "env", "target")
 
 
 def _run(props: Mapping[str, Any]) -> dict[str, Any]:
@@ -31,6 +31,7 @@ def _run(props: Mapping[str, Any]) -> dict[str, Any]:
             name=str(props.get("name") or "task"),
             image=str(props["image"]),
             command=[str(c) for c in props["command"]],
+            entrypoint=[str(c) for c in props["entrypoint"]] if props.get("entrypoint") else None,
             env={**env, **secret_env},
             network=target.network or None,
             timeout_s=float(props.get("timeout_s") or 300),
@@ -71,6 +72,7 @@ class OneOffTaskArgs:
     target: Target
     image: pulumi.Input[str]
     command: Sequence[str]
+    entrypoint: Sequence[str] | None = None
     env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     secret_env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     timeout_s: float = 300.0
@@ -90,6 +92,7 @@ class OneOffTask(Resource, module="ops", name="OneOffTask"):
             "target": args.target.to_dict(),
             "image": args.image,
             "command": list(args.command),
+            "entrypoint": list(args.entrypoint) if args.entrypoint is not None else None,
             "env": dict(args.env),
             "secret_env": pulumi.Output.secret(dict(args.secret_env)),
             "timeout_s": args.timeout_s,

@@ -1,0 +1,1 @@
+"""The operator CLI: ``appstack status | history | rollback | deploy | maintenance``."""

@@ -1,0 +1,347 @@
+"""``appstack``: the operator CLI (status, history, rollback, deploy, maintenance).
+
+Exit codes: 0 done; 1 a step failed; 2 bad input (unknown stack, entry out of range, entry that
+failed); 3 refused (confirmation missing, or the schema moved and --restore-backup was not given);
+4 ``deploy`` failed its smoke tests and rolled back; 5 ``deploy`` failed and could not roll back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.ops.stack import (
+    CONTAINER_TYPE,
+    MIGRATION_TYPE,
+    Entry,
+    OpsError,
+    Pulumi,
+    find_project,
+    history,
+    image_refs,
+    migration_state,
+    pick,
+    resources,
+)
+
+APPS_WITH_CHUNKS = ("haven",)
+RESET_CHUNKS = "UPDATE chunks SET embedding_status='pending' WHERE embedding_status='processing'"
+
+
+def say(message: str) -> None:
+    """Progress for the operator, on stderr (stdout is for results and --json)."""
+    print(f"appstack: {message}", file=sys.stderr, flush=True)
+
+
+def _stack(args: argparse.Namespace) -> Pulumi:
+    cwd = find_project(Path(args.cwd).resolve())
+    stack = Pulumi(cwd, args.stack)
+    if not stack.exists():
+        msg = f"unknown stack {args.stack!r} (see `pulumi stack ls` in {cwd})"
+        raise OpsError(msg, 2)
+    return stack
+
+
+def _project(stack: Pulumi) -> str:
+    data = yaml.safe_load((stack.cwd / "Pulumi.yaml").read_text())
+    return str(data["name"])
+
+
+def _when(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S") if seconds else "-"
+
+
+# -- status / history ---------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Each service's image and health, and the last migration and backup."""
+    stack = _stack(args)
+    deployment = stack.export()
+    from components.providers.engine import client
+
+    services = []
+    for res in resources(deployment, CONTAINER_TYPE):
+        out = res.get("outputs") or {}
+        health = "missing"
+        try:
+            with client(out.get("docker_host")) as docker_client:
+                state = docker_client.containers.get(out.get("container_id")).attrs["State"]
+                health = state.get("Health", {}).get("Status") or state.get("Status", "?")
+        except Exception as exc:  # the engine's answer is the status: report it, don't crash
+            health = f"unknown ({type(exc).__name__})"
+        services.append({"name": out.get("name"), "image": out.get("image"), "health": health})
+    report = {"stack": args.stack, "services": services, "migration": migration_state(deployment)}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for svc in services:
+        print(f"{svc['name']:<32} {svc['health']:<10} {svc['image']}")
+    mig = report["migration"]
+    if mig:
+        print(f"migration: {len(mig['ledger'])} files in ledger, last applied {mig['applied']}")
+        print(f"last backup: {mig['backup_id'] or '(none)'}  ran at {mig['ran_at']}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """One line per update, newest first, numbered stably (oldest = 1)."""
+    stack = _stack(args)
+    entries = history(_project(stack), args.stack)
+    if args.json:
+        print(json.dumps([e.as_json() for e in reversed(entries)], indent=2))
+        return 0
+    for e in reversed(entries):
+        images = ",".join(f"{k}={v.rsplit(':', 1)[-1]}" for k, v in e.images.items()) or "-"
+        mig = e.migration
+        print(
+            f"{e.number:>4}  {_when(e.start)}  {e.kind:<8} {e.result:<10} "
+            f"ledger={len(mig.get('ledger', []))} backup={mig.get('backup_id') or '-'}  {images}"
+        )
+    return 0
+
+
+# -- rollback -----------------------------------------------------------------------------------
+
+
+def _plan(current: dict[str, str], target: Entry, ledger_now: list[str]) -> dict[str, Any]:
+    ledger_then = target.migration.get("ledger", [])
+    return {
+        "to": target.number,
+        "images": {
+            svc: {"from": current.get(svc), "to": ref}
+            for svc, ref in target.images.items()
+            if current.get(svc) != ref
+        },
+        "schema_moved": sorted(set(ledger_now) - set(ledger_then)),
+    }
+
+
+def _restore_point(entries: Sequence[Entry], target: Entry) -> str:
+    """The backup taken just before the first migration after ``target``: its schema and data."""
+    for entry in entries[target.number :]:
+        mig = entry.migration
+        if entry.result == "succeeded" and mig.get("backup_id") and mig.get("applied"):
+            return str(mig["backup_id"])
+    msg = f"no pre-migration backup was recorded after entry {target.number}: cannot restore"
+    raise OpsError(msg)
+
+
+def _db_access(stack: Pulumi) -> tuple[Any, Any, str, list[str], str]:
+    """Runner, target, password, quiescent containers and app of the stack's migration."""
+    from components.providers.runner import Target, runner_for
+
+    found = resources(stack.export(secrets=True), MIGRATION_TYPE)
+    if not found:
+        msg = "this stack has no Migration resource: nothing to restore"
+        raise OpsError(msg)
+    res = found[0]
+    target = Target.from_dict(res["outputs"]["target"])
+    password = str(res["inputs"]["db_password"])
+    quiescent = list(res["outputs"].get("quiescent") or [])
+    app = target.name_prefix.split("-")[-1]
+    return runner_for(target), target, password, quiescent, app
+
+
+def _restore(stack: Pulumi, backup_id: str) -> str:
+    """Fresh backup, restore ``backup_id``, reset in-flight work; workers stopped meanwhile."""
+    from components.providers.postgres import Conn, restore_backup, take_backup
+
+    runner, target, password, quiescent, app = _db_access(stack)
+    say("taking a fresh backup before restoring")
+    fresh = take_backup(runner, target, password, "pre-rollback", keep=max(5, len(quiescent) + 5))
+    say(f"fresh backup {fresh}; stopping {', '.join(quiescent) or 'nothing'}")
+    runner.stop_containers(quiescent)
+    try:
+        say(f"restoring {backup_id}")
+        restore_backup(runner, target, password, backup_id)
+        if app in APPS_WITH_CHUNKS:
+            _sql(runner, Conn(target, password), RESET_CHUNKS)
+    finally:
+        runner.start_containers(quiescent)
+    return fresh
+
+
+def _sql(runner: Any, conn: Any, sql: str) -> None:
+    script = f'psql -X -q -v ON_ERROR_STOP=1 -c "{sql}"\n'
+    conn.run(runner, conn.task(runner, "sql", script))
+
+
+def _reset_chunks(stack: Pulumi) -> None:
+    from components.providers.postgres import Conn
+
+    runner, target, password, _quiescent, app = _db_access(stack)
+    if app not in APPS_WITH_CHUNKS:
+        return
+    say("resetting chunks in 'processing' to 'pending'")
+    _sql(runner, Conn(target, password), RESET_CHUNKS)
+
+
+def _set_images(stack: Pulumi, target: Entry) -> None:
+    images = target.config.get("appstack:images")
+    value = images if isinstance(images, str) else json.dumps(images)
+    stack.run("config", "set", "appstack:images", value)
+
+
+def _confirm(args: argparse.Namespace, plan: dict[str, Any]) -> None:
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        msg = "confirmation required: re-run with --yes (no terminal to ask on)"
+        raise OpsError(msg, 3)
+    answer = input(f"roll back {args.stack} to entry {plan['to']}? [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        msg = "not confirmed: nothing changed"
+        raise OpsError(msg, 3)
+
+
+def rollback(args: argparse.Namespace, stack: Pulumi, entries: list[Entry], target: Entry) -> int:
+    """Set entry N's images, restore data if the schema moved (when allowed), `pulumi up`."""
+    current = image_refs(stack.config())
+    ledger_now = migration_state(stack.export()).get("ledger", [])
+    plan = _plan(current, target, ledger_now)
+    print(json.dumps(plan, indent=2) if args.json else _describe(plan))
+    if plan["schema_moved"] and not args.restore_backup:
+        msg = (
+            f"the schema moved since entry {target.number} ({', '.join(plan['schema_moved'])}); "
+            "rolling back needs --restore-backup (data written since that backup is lost)"
+        )
+        raise OpsError(msg, 3)
+    _confirm(args, plan)
+    if plan["schema_moved"]:
+        backup_id = _restore_point(entries, target)
+        fresh = _restore(stack, backup_id)
+        say(f"restored {backup_id} (the state before the rollback is in {fresh})")
+    else:
+        _reset_chunks(stack)
+    _set_images(stack, target)
+    say("pulumi up (smoke tests run as its last step)")
+    stack.run("up", "--yes", "--skip-preview", stream=not args.json)
+    say(f"rolled back to entry {target.number}")
+    return 0
+
+
+def _describe(plan: dict[str, Any]) -> str:
+    lines = [f"rollback to entry {plan['to']}:"]
+    for svc, change in plan["images"].items():
+        lines.append(f"  {svc}: {change['from']} -> {change['to']}")
+    if not plan["images"]:
+        lines.append("  images: unchanged")
+    if plan["schema_moved"]:
+        lines.append(f"  schema: newer than the target (applied since: {plan['schema_moved']})")
+    else:
+        lines.append("  schema: same as the target")
+    return "\n".join(lines)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """``appstack rollback --to N|previous``."""
+    stack = _stack(args)
+    entries = history(_project(stack), args.stack)
+    return rollback(args, stack, entries, pick(entries, args.to))
+
+
+# -- deploy / maintenance -----------------------------------------------------------------------
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """`pulumi up`; when its smoke tests fail, roll back to the last good entry."""
+    stack = _stack(args)
+    started = time.monotonic()
+    proc = stack.run("up", "--yes", "--skip-preview", check=False)
+    output = (proc.stdout or "") + (proc.stderr or "")
+    if proc.returncode == 0:
+        say(f"deployed in {time.monotonic() - started:.0f}s; smoke tests passed")
+        return 0
+    print(output[-4000:], file=sys.stderr)
+    if "SmokeTest" not in output and "smoke" not in output:
+        say("the update failed before its smoke tests: the running release was left in place")
+        return 1
+    entries = history(_project(stack), args.stack)
+    good = [e for e in entries if e.kind == "update" and e.result == "succeeded"]
+    if not good:
+        say("smoke tests failed and there is no earlier good release to roll back to")
+        return 5
+    say(f"smoke tests failed: rolling back to entry {good[-1].number}")
+    args.yes = True
+    try:
+        rollback(args, stack, entries, good[-1])
+    except OpsError as exc:
+        say(f"rollback failed: {exc}")
+        return 5
+    say("deploy failed its smoke tests; the last good release runs again")
+    return 4
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    """Maintenance on/off through config and `pulumi up`."""
+    stack = _stack(args)
+    stack.run("config", "set", "appstack:maintenance", "true" if args.state == "on" else "false")
+    stack.run("up", "--yes", "--skip-preview", stream=not args.json)
+    say(f"maintenance {args.state}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The CLI's arguments."""
+    p = argparse.ArgumentParser(
+        prog="appstack",
+        description="Operate appstack stacks: status, history, rollback, deploy, maintenance.",
+        epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name: str, helptext: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=helptext, description=helptext)
+        c.add_argument("--stack", required=True, help="stack name (e.g. dev)")
+        c.add_argument("--cwd", default=".", help="project directory (default: here)")
+        c.add_argument("--json", action="store_true", help="machine-readable output")
+        return c
+
+    command("status", "each service's image and health, the last migration and backup")
+    command("history", "one line per update, newest first")
+    rb = command("rollback", "re-apply an earlier update's images (and data, if asked)")
+    rb.add_argument("--to", required=True, help="entry number from `history`, or 'previous'")
+    rb.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    rb.add_argument(
+        "--restore-backup",
+        action="store_true",
+        help="when the schema moved since the target: restore the pre-migration backup",
+    )
+    dp = command("deploy", "pulumi up; roll back to the last good release if smoke tests fail")
+    dp.add_argument("--restore-backup", action="store_true", help=argparse.SUPPRESS)
+    mt = command("maintenance", "maintenance mode on or off")
+    mt.add_argument("state", choices=("on", "off"))
+    return p
+
+
+COMMANDS = {
+    "status": cmd_status,
+    "history": cmd_history,
+    "rollback": cmd_rollback,
+    "deploy": cmd_deploy,
+    "maintenance": cmd_maintenance,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``appstack`` command."""
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except OpsError as exc:
+        print(f"appstack: error: {exc}", file=sys.stderr)
+        return exc.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""A stack as the operator sees it: the Pulumi CLI, its state, and its history of updates."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MIGRATION_TYPE = "pulumi-python:dynamic/ops:Migration"
+CONTAINER_TYPE = "pulumi-python:dynamic/docker:Container"
+SMOKE_TYPE = "pulumi-python:dynamic/ops:SmokeTest"
+
+
+class OpsError(RuntimeError):
+    """An operator command cannot go on; ``code`` is the process exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def find_project(start: Path) -> Path:
+    """The directory holding ``Pulumi.yaml``, from ``start`` upwards."""
+    for path in (start, *start.parents):
+        if (path / "Pulumi.yaml").is_file():
+            return path
+    msg = f"no Pulumi.yaml in {start} or above: run appstack from the project (or pass --cwd)"
+    raise OpsError(msg, 2)
+
+
+@dataclass
+class Pulumi:
+    """The Pulumi CLI for one stack of one project."""
+
+    cwd: Path
+    stack: str
+
+    def run(
+        self, *args: str, check: bool = True, stream: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """``pulumi ARGS --stack S``; ``stream`` shows its output live (long steps)."""
+        argv = ["pulumi", *args, "--stack", self.stack, "--non-interactive"]
+        proc = subprocess.run(
+            argv,
+            cwd=self.cwd,
+            text=True,
+            capture_output=not stream,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout or "").strip()[-3000:]
+            msg = f"`pulumi {' '.join(args)}` failed (exit {proc.returncode}): {detail}"
+            raise OpsError(msg)
+        return proc
+
+    def json(self, *args: str) -> Any:
+        """``pulumi ARGS --json`` parsed."""
+        return json.loads(self.run(*args, "--json").stdout or "null")
+
+    def exists(self) -> bool:
+        """Whether the stack exists in the current backend."""
+        stacks = json.loads(
+            subprocess.run(
+                ["pulumi", "stack", "ls", "--json", "--non-interactive"],
+                cwd=self.cwd,
+                text=True,
+                capture_output=True,
+                check=False,
+            ).stdout
+            or "[]"
+        )
+        return any(s.get("name", "").split("/")[-1] == self.stack for s in stacks)
+
+    def export(self, secrets: bool = False) -> dict[str, Any]:
+        """The current deployment (``pulumi stack export``)."""
+        args = ["stack", "export"] + (["--show-secrets"] if secrets else [])
+        return json.loads(self.run(*args).stdout)  # type: ignore[no-any-return]
+
+    def config(self) -> dict[str, Any]:
+        """The stack's config, values parsed (objects from JSON text)."""
+        raw = self.json("config")
+        return {k: _config_value(v.get("objectValue", v.get("value"))) for k, v in raw.items()}
+
+
+def _config_value(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def resources(deployment: Mapping[str, Any], typ: str) -> list[dict[str, Any]]:
+    """Resources of one type in an exported deployment or checkpoint."""
+    latest = deployment.get("deployment") or deployment.get("checkpoint", {}).get("latest") or {}
+    return [r for r in latest.get("resources") or [] if r.get("type") == typ]
+
+
+def migration_state(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    """What the Migration resource recorded: ledger names, last applied files, backup id."""
+    found = resources(deployment, MIGRATION_TYPE)
+    if not found:
+        return {}
+    out = found[0].get("outputs") or {}
+    return {
+        "ledger": [row["name"] for row in out.get("ledger") or []],
+        "applied": list(out.get("applied") or []),
+        "backup_id": out.get("backup_id") or "",
+        "ran_at": out.get("ran_at") or "",
+    }
+
+
+@dataclass
+class Entry:
+    """One update of the stack's history, numbered oldest = 1 (numbers never shift)."""
+
+    number: int
+    kind: str
+    result: str
+    start: int
+    end: int
+    message: str
+    images: dict[str, str]
+    config: dict[str, Any]
+    migration: dict[str, Any] = field(default_factory=dict)
+    changes: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """The entry for ``--json`` output."""
+        return {
+            "number": self.number,
+            "kind": self.kind,
+            "result": self.result,
+            "start": self.start,
+            "end": self.end,
+            "message": self.message,
+            "images": self.images,
+            "migration": self.migration,
+            "changes": self.changes,
+        }
+
+
+def image_refs(config: Mapping[str, Any]) -> dict[str, str]:
+    """``service -> reference`` from a config's ``appstack:images``."""
+    images = _config_value(config.get("appstack:images")) or {}
+    refs = {}
+    for svc, spec in sorted(images.items()) if isinstance(images, dict) else []:
+        if isinstance(spec, str):
+            refs[svc] = spec
+            continue
+        base = f"{spec.get('registry')}/{spec.get('repository')}"
+        refs[svc] = (
+            f"{base}@{spec['digest']}" if spec.get("digest") else f"{base}:{spec.get('tag')}"
+        )
+    return refs
+
+
+def backend_dir() -> Path:
+    """The file backend's directory (history checkpoints are read from it)."""
+    url = os.environ.get("PULUMI_BACKEND_URL", "")
+    if not url.startswith("file://"):
+        msg = (
+            "appstack history/rollback read the file backend's history checkpoints: set "
+            f"PULUMI_BACKEND_URL=file://... (got {url or 'nothing'})"
+        )
+        raise OpsError(msg, 2)
+    return Path(url.removeprefix("file://")).expanduser()
+
+
+def _update_time(path: Path) -> int:
+    """History files are named ``<stack>-<unix nanoseconds>.history.json``."""
+    return int(path.name.rsplit("-", 1)[-1].split(".", 1)[0])
+
+
+def history(project: str, stack: str) -> list[Entry]:
+    """Every update of the stack, oldest first, with the checkpoint each one left."""
+    folder = backend_dir() / ".pulumi" / "history" / project / stack
+    if not folder.is_dir():
+        msg = f"stack {stack!r} has no history in {folder.parent}"
+        raise OpsError(msg, 2)
+    entries = []
+    files = sorted(
+        folder.glob("*.history.json"), key=lambda p: int(p.name.split("-")[-1].split(".")[0])
+    )
+    for number, path in enumerate(files, start=1):
+        info = json.loads(path.read_text())
+        checkpoint_path = path.with_name(path.name.replace(".history.json", ".checkpoint.json"))
+        checkpoint = json.loads(checkpoint_path.read_text()) if checkpoint_path.exists() else {}
+        config = {k: v for k, v in (info.get("config") or {}).items()}
+        plain = {k: v.get("string") if isinstance(v, dict) else v for k, v in config.items()}
+        entries.append(
+            Entry(
+                number=number,
+                kind=str(info.get("kind", "")),
+                result=str(info.get("result", "")),
+                start=int(info.get("startTime") or 0),
+                end=int(info.get("endTime") or 0),
+                message=str(info.get("message") or ""),
+                images=image_refs(plain),
+                config=plain,
+                migration=migration_state(checkpoint),
+                changes=dict(info.get("resourceChanges") or {}),
+            )
+        )
+    return entries
+
+
+def pick(entries: Sequence[Entry], to: str) -> Entry:
+    """The entry ``--to`` names: a number, or ``previous`` (the last good update before now)."""
+    updates = [e for e in entries if e.kind == "update"]
+    if to == "previous":
+        good = [e for e in updates if e.result == "succeeded"]
+        if len(good) < 2:
+            msg = "there is no earlier successful update to roll back to"
+            raise OpsError(msg, 2)
+        return good[-2]
+    try:
+        number = int(to)
+    except ValueError:
+        msg = f"--to {to!r} is neither an entry number nor 'previous'"
+        raise OpsError(msg, 2) from None
+    if not 1 <= number <= len(entries):
+        msg = f"--to {number} is out of range: the history has entries 1..{len(entries)}"
+        raise OpsError(msg, 2)
+    entry = entries[number - 1]
+    if entry.kind != "update":
+        msg = f"entry {number} is a {entry.kind}, not an update: nothing to roll back to"
+        raise OpsError(msg, 2)
+    if entry.result != "succeeded":
+        msg = f"entry {number} {entry.result}: only a succeeded update can be rolled back to"
+        raise OpsError(msg, 2)
+    return entry
