@@ -24,13 +24,6 @@ want=$(sed -n 's/^pulumi==//p' "$root/requirements.txt")
 if command -v pulumi >/dev/null 2>&1 && [[ "$(pulumi version 2>/dev/null)" == "v$want" ]] \
    && [[ -z "${APPSTACK_FORCE_TOOLCHAIN:-}" ]]; then
   log "using pulumi v$want from PATH"
-  for plugin in docker command kubernetes; do
-    command -v "pulumi-resource-$plugin" >/dev/null 2>&1 || need_plugins=1
-  done
-  if [[ -n "${need_plugins:-}" ]]; then
-    "$root/tools/toolchain.sh" ensure docker command kubernetes >/dev/null
-    eval "$("$root/tools/toolchain.sh" env)"
-  fi
 else
   log "building/using the offline Pulumi toolchain (tools/toolchain.sh)"
   "$root/tools/toolchain.sh" ensure all >/dev/null

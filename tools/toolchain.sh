@@ -267,7 +267,7 @@ link_bin() { # (re)point bin/ at the pinned CLI files that are cached
 
 # ---------------------------------------------------------------------------------------------
 cmd_ensure() {
-  local want=() c
+  local want=() legacy=() c
   [[ $# -gt 0 ]] || set -- all
   for c in "$@"; do
     case "$c" in
@@ -275,12 +275,13 @@ cmd_ensure() {
       pulumi|langhost) want+=("$c") ;;
       *)
         if [[ "$LEGACY_COMPONENTS" == *" $c "* ]]; then
-          log "note: '$c' is no longer built (no provider plugins; see tools/README-toolchain.md); ignored"
+          legacy+=("$c")
         else
           usage; die "unknown component '$c' (pulumi|langhost|all)"
         fi ;;
     esac
   done
+  [[ ${#legacy[@]} == 0 ]] || log "note: ignoring ${legacy[*]}: provider plugins are no longer built (see tools/README-toolchain.md)"
   mkdir -p "$CACHE_ROOT"
   # One builder at a time per cache.
   exec 9>"$CACHE_ROOT/.lock"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import pulumi
 
+from components.apps.maintenance import RESPONDER
 from components.settings import Settings
 from components.spec import (
     AppSpec,
@@ -58,6 +60,33 @@ def _resources(settings: Settings, name: str) -> Resources:
 
 def _url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
+
+
+def _maintenance(
+    services: tuple[ServiceSpec, ...], entry: PublicEntry, auth: pulumi.Output[str]
+) -> tuple[tuple[ServiceSpec, ...], PublicEntry, SmokeSpec]:
+    """Haven's gateway has no maintenance switch: a responder takes over the public port."""
+    gateway = next(s for s in services if s.name == "gateway")
+    internal = replace(gateway, exposure=Exposure.INTERNAL)
+    responder = ServiceSpec(
+        name="maintenance",
+        image=gateway.image,
+        port=PORTS["gateway"],
+        command=("python3", "-c", RESPONDER),
+        env={"MAINTENANCE_UPSTREAM": _url("gateway", PORTS["gateway"])},
+        health=_http_health(PORTS["gateway"]),
+        exposure=Exposure.PUBLIC,
+        resources=Resources(64, 0.2),
+        depends_on=("gateway",),
+    )
+    rest = tuple(internal if s.name == "gateway" else s for s in services)
+    smoke = SmokeSpec(
+        checks=(
+            SmokeCheck("gateway-health", "/v1/healthz", 200, expect_json={"status": "ok"}),
+            SmokeCheck("maintenance", "/v1/search?q=hello", 503, bearer=auth),
+        )
+    )
+    return (*rest, responder), replace(entry, service="maintenance"), smoke
 
 
 def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppSpec:
@@ -220,10 +249,13 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
             "MINIO_ROOT_PASSWORD": secrets["minioSecretKey"],
         },
     )
+    services: tuple[ServiceSpec, ...] = (postgres, qdrant, minio, catalog, search, gateway, worker)
     entry = PublicEntry("gateway", settings.public.address, settings.public.port)
+    if settings.maintenance:
+        services, entry, smoke = _maintenance(services, entry, auth)
     return AppSpec(
         name="haven",
-        services=(postgres, qdrant, minio, catalog, search, gateway, worker),
+        services=services,
         entry=entry,
         migration=migration,
         smoke=smoke,

@@ -193,3 +193,21 @@ def test_migration_inputs_carry_no_plaintext_credential(program: Program) -> Non
             assert secret not in text, f"migration input {prop} carries a secret"
     assert migration.is_secret("db_password")
     assert migration.inputs["quiescent"] == [f"{stack}-haven-worker"]
+
+
+def test_maintenance_moves_the_public_port_to_the_responder() -> None:
+    program = run("dev", overrides={"appstack:maintenance": "true"})
+    running = containers(program)
+    published = [name for name, c in running.items() if c.get("ports")]
+    assert published == ["maintenance"]
+    responder = running["maintenance"]
+    assert responder["ports"] == [{"internal": 8080, "external": 18080, "ip": "127.0.0.1"}]
+    assert responder["image"] == running["gateway"]["image"]
+    assert responder["env"]["MAINTENANCE_UPSTREAM"] == "http://gateway:8080"
+    smoke = program.named("dev-haven-smoke")
+    assert {c["name"]: c["expect_status"] for c in smoke.inputs["checks"]} == {
+        "gateway-health": 200,
+        "maintenance": 503,
+    }
+    normal = run("dev")
+    assert "maintenance" not in containers(normal)

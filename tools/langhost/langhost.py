@@ -8,7 +8,8 @@ Protocol (as the engine uses it): the engine starts the plugin with some flags (
 ``-v=N``, ``--logtostderr``, historically ``-root=...``, ``-virtualenv=...``, ``-toolchain=...``;
 unknown ones are ignored) and the engine's gRPC address as the last positional argument. The
 plugin serves the ``pulumirpc.LanguageRuntime`` service on 127.0.0.1:<free port>, prints only the
-port on the first line of stdout, and serves until it is killed (the engine kills its process group).
+port on the first line of stdout, and serves until it is killed (the engine kills its process
+group).
 
 ``Run`` runs the SDK's ``pulumi-language-python-exec`` (found next to the path the engine started
 this plugin with, i.e. in the toolchain bin dir, else on PATH) with the project's virtualenv python.
@@ -19,6 +20,7 @@ report that there is nothing to do.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -63,7 +65,7 @@ def pinned_version() -> str:
         from importlib.metadata import version
 
         return version("pulumi")
-    except Exception:  # noqa: BLE001 - any failure means "unknown"
+    except Exception:
         return "0.0.0"
 
 
@@ -130,7 +132,7 @@ def read_project_runtime_options(root: str) -> dict:
                 text = f.read()
             m = re.search(r"^\s+virtualenv:\s*['\"]?([^'\"\n#]+?)['\"]?\s*$", text, re.M)
             return {"virtualenv": m.group(1)} if m else {}
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log(f"cannot read {path}: {e}")
             return {}
     return {}
@@ -159,7 +161,11 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
                 opts = json_format.MessageToDict(info.options)
         root = root or self.root_directory or os.getcwd()
         if not opts:
-            opts = {k: v for k, v in self.flags.items() if k in ("virtualenv", "toolchain", "typechecker")}
+            opts = {
+                k: v
+                for k, v in self.flags.items()
+                if k in ("virtualenv", "toolchain", "typechecker")
+            }
         if not opts:
             opts = read_project_runtime_options(root)
         return opts, root
@@ -173,7 +179,11 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
         if not venv and toolchain == "uv":
             venv = ".venv"
         if toolchain == "poetry" and not venv:
-            return [], "the 'poetry' toolchain is not supported by appstack's language host; set runtime.options.virtualenv"
+            return (
+                [],
+                "the 'poetry' toolchain is not supported by appstack's language host; "
+                "set runtime.options.virtualenv",
+            )
         if venv:
             venv = os.path.normpath(os.path.join(root, os.path.expanduser(str(venv))))
             py = os.path.join(venv, "bin", "python")
@@ -209,10 +219,10 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
             children = list(self._children)
         for p in children:
             if p.poll() is None:
-                try:
-                    p.send_signal(signal.SIGINT)
-                except OSError:
-                    pass
+                # SIGTERM, not SIGINT: Python dies quietly instead of printing a
+                # KeyboardInterrupt traceback into the engine's output.
+                with contextlib.suppress(OSError):
+                    p.terminate()
         for p in children:
             try:
                 p.wait(timeout=grace)
@@ -254,8 +264,12 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
             return language_pb2.AboutResponse(metadata={"note": err or ""})
         try:
             out = subprocess.run(
-                cmd + ["-c", "import sys; print(sys.version.split()[0])"],
-                env=env, capture_output=True, text=True, timeout=30, check=False,
+                [*cmd, "-c", "import sys; print(sys.version.split()[0])"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
             ).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             out = ""
@@ -265,7 +279,8 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
 
     def InstallDependencies(self, request, context):
         msg = (
-            "pulumi-language-python (appstack): dependencies are not installed by the language host; "
+            "pulumi-language-python (appstack): dependencies are not installed by the "
+            "language host; "
             "the project's virtualenv is made by `make venv`.\n"
         )
         yield language_pb2.InstallDependenciesResponse(stdout=msg.encode())
@@ -281,7 +296,8 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
         exec_path = find_exec()
         if not exec_path:
             return language_pb2.RunResponse(
-                error=f"{EXEC_NAME} not found (next to pulumi-language-python or on PATH); run tools/toolchain.sh ensure"
+                error=f"{EXEC_NAME} not found (next to pulumi-language-python or on PATH); "
+                "run tools/toolchain.sh ensure"
             )
         env = dict(os.environ)
         env.pop("APPSTACK_LANGHOST_ARGV0", None)
@@ -289,14 +305,20 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
         if err:
             return language_pb2.RunResponse(error=err)
 
-        program_dir = (info.program_directory if info is not None and info.program_directory else "") or request.pwd
+        program_dir = (
+            info.program_directory if info is not None and info.program_directory else ""
+        ) or request.pwd
         if info is not None and info.entry_point:
             program = os.path.normpath(os.path.join(program_dir, info.entry_point))
         else:
             program = request.program or "."
             if program_dir and not os.path.isabs(program):
                 program = os.path.normpath(os.path.join(program_dir, program))
-        root = (info.root_directory if info is not None and info.root_directory else "") or self.root_directory or ""
+        root = (
+            (info.root_directory if info is not None and info.root_directory else "")
+            or self.root_directory
+            or ""
+        )
 
         args: list[str] = []
 
@@ -325,13 +347,15 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
         if request.stack:
             env["PULUMI_STACK"] = request.stack
 
-        cmd = python + ["-u", exec_path] + args
+        cmd = [*python, "-u", exec_path, *args]
         log(f"Run: {cmd!r} (cwd {request.pwd or program_dir or os.getcwd()})")
         # The program writes to our stdout/stderr, which the engine shows to the user.
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            p = self._spawn(cmd, env=env, cwd=request.pwd or program_dir or None, stdin=subprocess.DEVNULL)
+            p = self._spawn(
+                cmd, env=env, cwd=request.pwd or program_dir or None, stdin=subprocess.DEVNULL
+            )
         except OSError as e:
             return language_pb2.RunResponse(error=f"could not start {cmd[0]}: {e}")
         try:
@@ -370,7 +394,9 @@ def main(argv: list[str]) -> int:
     language_pb2_grpc.add_LanguageRuntimeServicer_to_server(host, server)
     port = server.add_insecure_port("127.0.0.1:0")
     if not port:
-        print("pulumi-language-python[appstack]: could not bind a port on 127.0.0.1", file=sys.stderr)
+        print(
+            "pulumi-language-python[appstack]: could not bind a port on 127.0.0.1", file=sys.stderr
+        )
         return 1
     server.start()
     sys.stdout.write(f"{port}\n")
@@ -379,7 +405,7 @@ def main(argv: list[str]) -> int:
 
     stopping = threading.Event()
 
-    def on_signal(signum, frame):  # noqa: ARG001
+    def on_signal(signum, frame):
         if stopping.is_set():
             return
         stopping.set()

@@ -339,7 +339,10 @@ def run_worker(stop):
             except Exception as e:  # DB down or schema missing: keep looping, say why
                 state = {"ok": False, "error": str(e)[:300]}
                 log(f"poll failed: {e}")
-        write_heartbeat({**state, **totals})
+        try:
+            write_heartbeat({**state, **totals})
+        except OSError as e:  # e.g. read-only root without a /tmp tmpfs: keep working, say so
+            log(f"heartbeat not written ({HEARTBEAT}): {e}")
         stop.wait(interval)
     log("worker stopped")
 
