@@ -331,7 +331,10 @@ def versions(env: dict[str, str]) -> dict[str, str]:
     """What ran."""
 
     def quiet(argv: list[str], environ: dict[str, str] | None = None) -> str:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=environ)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=environ)
+        except OSError:
+            return "-"
         return proc.stdout.strip() or "?"
 
     cpus = os.cpu_count() or 0

@@ -283,6 +283,8 @@ cmd_build() {
   # measured slower, 5m16s vs 3m51s cold.)
   build_base
   for n in "$@"; do [ "$n" = base ] || build_one "$n"; done
+  step "remove superseded (untagged) appstack images"
+  "$DOCKER" image prune -f --filter label=appstack.inputs-hash >/dev/null || true
   STEP="done"
   log "all requested images ready in $((SECONDS - t0))s"
 }

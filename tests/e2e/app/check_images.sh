@@ -15,8 +15,7 @@ if ! docker info >/dev/null 2>&1; then eval "$("$ROOT/tools/docker-engine.sh" en
 P="${APPSTACK_IMGTEST_PREFIX:-appstack-imgtest}"
 NET="$P-internal"
 EDGE="$P-edge"
-GW_PORT="${APPSTACK_IMGTEST_PORT:-18080}"
-GW2_PORT=$((GW_PORT + 1))
+# gateways publish on an ephemeral 127.0.0.1 port (other stacks may share this engine)
 TAG0=0.1.0
 PG_IMG=appstack.local/postgres-pgvector:17
 MINIO_IMG="$("$ROOT/tools/images.sh" list | grep '^appstack.local/minio:')"
@@ -121,17 +120,19 @@ docker run -d --name "$P-search" --network "$NET" "${HARDEN[@]}" \
   appstack.local/haven-search:$TAG0 >/dev/null
 docker run -d --name "$P-catalog" --network "$NET" "${HARDEN[@]}" -e DATABASE_URL="$DBURL" -e CATALOG_TOKEN=cat-token \
   -e QDRANT_URL="http://$P-qdrant:6333" -e QDRANT_COLLECTION=haven_chunks appstack.local/haven-catalog:$TAG0 >/dev/null
-docker create --name "$P-gateway" --network "$NET" "${HARDEN[@]}" -p "127.0.0.1:$GW_PORT:8080" \
+docker create --name "$P-gateway" --network "$NET" "${HARDEN[@]}" -p "127.0.0.1::8080" \
   -e SEARCH_URL="http://$P-search:8080" -e AUTH_TOKEN="$TOKEN" -e SEARCH_TOKEN="$STOKEN" -e DATABASE_URL="$DBURL" \
   -e CATALOG_BASE_URL="http://$P-catalog:8081" -e MINIO_BUCKET=haven-files appstack.local/haven-gateway:$TAG0 >/dev/null
 docker network connect "$EDGE" "$P-gateway" && docker start "$P-gateway" >/dev/null
-docker create --name "$P-gateway-maint" --network "$NET" "${HARDEN[@]}" -p "127.0.0.1:$GW2_PORT:8080" \
+docker create --name "$P-gateway-maint" --network "$NET" "${HARDEN[@]}" -p "127.0.0.1::8080" \
   -e SEARCH_URL="http://$P-search:8080" -e AUTH_TOKEN="$TOKEN" -e HAVEN_MAINTENANCE=true appstack.local/haven-gateway:$TAG0 >/dev/null
 docker network connect "$EDGE" "$P-gateway-maint" && docker start "$P-gateway-maint" >/dev/null
 for c in ollama qdrant search catalog gateway gateway-maint; do
   if wait_healthy "$P-$c" 60; then ok "$c healthy"; else bad "$c not healthy"; fi
 done
 check "services run as uid 10001" bash -c "docker top $P-gateway -eo pid,uid | awk 'NR>1 {print \$2}' | sort -u | grep -qx 10001"
+GW_PORT="$(docker port "$P-gateway" 8080/tcp | grep -m1 '^127.0.0.1:' | cut -d: -f2)"
+GW2_PORT="$(docker port "$P-gateway-maint" 8080/tcp | grep -m1 '^127.0.0.1:' | cut -d: -f2)"
 GW="http://127.0.0.1:$GW_PORT"
 code() { curl -s -o /tmp/$P.body -w '%{http_code}' "$@"; }
 check "gateway healthz via 127.0.0.1:$GW_PORT -> ok + version" bash -c "curl -fsS $GW/v1/healthz | grep -q '\"status\": \"ok\".*\"version\": \"$TAG0\"'"
