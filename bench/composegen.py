@@ -16,7 +16,9 @@ resource with its inputs. The Docker platform's engine objects translate one to 
   ``service_completed_successfully`` (in Pulumi only the smoke test waits for it);
 - ``ops:Migration`` (sql-dir mode, an empty database) -> two one-off services: ``schema`` copies
   the schema directory out of the migration's source image into a volume, ``migrate`` runs its
-  ``init.sql`` with ``psql`` from the client image in one transaction; every container the
+  ``init.sql`` with ``psql`` from the client image in one transaction, only on a database without
+  a ledger table (which it creates; compose re-runs one-off services on every ``up``, and
+  ``init.sql`` drops Haven's tables); every container the
   migration gates depends on ``migrate`` with ``service_completed_successfully``.
 
 Secrets are the mocks' ``generated-<name>`` values: fine for a benchmark, never for a deployment.
@@ -45,7 +47,16 @@ T_IMAGE = "pulumi-python:dynamic/docker:Image"
 T_TASK = "pulumi-python:dynamic/ops:OneOffTask"
 T_MIGRATION = "pulumi-python:dynamic/ops:Migration"
 T_APP = "appstack:platforms:DockerApp"
-ONE_OFF = ("schema", "migrate")
+# init.sql DROPS and recreates Haven's tables: it may run on an empty database only. Compose
+# re-runs one-off services on every `up`, so the command keeps a ledger table as the Pulumi
+# migration does, and does nothing when it exists.
+MIGRATE = (
+    'if [ -n "$(psql -X -tAc "SELECT to_regclass(\'public.appstack_schema_ledger\')")" ]; then'
+    " echo 'schema present: nothing to do';"
+    " else psql -X -q -v ON_ERROR_STOP=1 -1 -f /schema/init.sql"
+    ' -c "CREATE TABLE appstack_schema_ledger (name text PRIMARY KEY, applied_at timestamptz)"'
+    " -c \"INSERT INTO appstack_schema_ledger VALUES ('init.sql', now())\"; fi"
+)
 
 
 def plain(value: Any) -> Any:
@@ -241,7 +252,7 @@ def generate(
             "image": target["client_image"],
             "pull_policy": "missing",
             "entrypoint": ["sh", "-c"],
-            "command": ["psql -X -q -v ON_ERROR_STOP=1 -1 -f /schema/init.sql"],
+            "command": [MIGRATE],
             "environment": {
                 "PGHOST": target["db_host"],
                 "PGPORT": str(int(target["db_port"])),

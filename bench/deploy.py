@@ -223,6 +223,10 @@ def run_compose(file: Path, env: dict[str, str], logs: Path, rnd: int, token: st
     log(f"round {rnd}: docker compose up --wait (no-op)")
     again = timed(up, logs / f"compose-noop-{rnd}.log", env=env)
     check_serving(COMPOSE_PORT, token)
+    migrate_log = docker("logs", f"{PROJECT}-migrate-1", check=False)
+    if "schema present" not in migrate_log:
+        msg = f"compose no-op: migrate did not find its ledger: {migrate_log[-500:]!r}"
+        raise RuntimeError(msg)
     recreated = [line for line in again.output.splitlines() if "Recreate" in line]
     if recreated:
         side.notes.append(f"round {rnd}: compose no-op recreated: {recreated[:3]}")

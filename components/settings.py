@@ -154,6 +154,10 @@ class KubernetesSettings:
     storage_size: str = "10Gi"
     render_to: str | None = None
     kubeconfig_context: str | None = None
+    ingress_namespace: str = "ingress-nginx"
+    """Namespace of the ingress controller: the only source allowed to reach the public service."""
+    pdb_min_available: Mapping[str, int] = field(default_factory=dict)
+    """Per-service PodDisruptionBudget minAvailable (default: replicas - 1 when replicas >= 2)."""
 
 
 @dataclass(frozen=True)
@@ -400,16 +404,29 @@ def _parse_secrets(
 
 def _parse_kubernetes(r: _Reader, stack: str, app: str) -> KubernetesSettings:
     raw = r.obj("kubernetes", {}) or {}
+    if not isinstance(raw, dict):
+        r.fail("kubernetes", "must be an object")
+        raw = {}
     known = {
         "namespace", "ingressClass", "ingressHost", "tls", "tlsSecret",
         "storageClass", "storageSize", "renderManifestsTo", "context",
+        "ingressNamespace", "pdbMinAvailable",
     }  # fmt: skip
     unknown = set(raw) - known
     if unknown:
         r.fail("kubernetes", f"unknown fields {sorted(unknown)}")
-    namespace = str(raw.get("namespace", f"{stack}-{app}"))
-    if not _DNS_NAME.match(namespace) or "." in namespace or len(namespace) > 63:
-        r.fail("kubernetes.namespace", f"{namespace!r} is not a DNS-1123 label")
+
+    def label(key: str, default: str) -> str:
+        value = str(raw.get(key, default))
+        if not _DNS_NAME.match(value) or "." in value or len(value) > 63:
+            r.fail(f"kubernetes.{key}", f"{value!r} is not a DNS-1123 label")
+        return value
+
+    namespace = label("namespace", f"{stack}-{app}")
+    ingress_namespace = label("ingressNamespace", "ingress-nginx")
+    ingress_class = str(raw.get("ingressClass", "nginx"))
+    if not _K8S_NAME.match(ingress_class):
+        r.fail("kubernetes.ingressClass", f"{ingress_class!r} is not a valid IngressClass name")
     host = str(raw.get("ingressHost", f"{app}.example.com"))
     if not _DNS_NAME.match(host) or "." not in host:
         r.fail("kubernetes.ingressHost", f"{host!r} is not a DNS name")
@@ -419,21 +436,61 @@ def _parse_kubernetes(r: _Reader, stack: str, app: str) -> KubernetesSettings:
     size = str(raw.get("storageSize", "10Gi"))
     if not _SIZE.match(size):
         r.fail("kubernetes.storageSize", f"{size!r} must look like 10Gi (Mi, Gi or Ti)")
-    tls = bool(raw.get("tls", False))
+    tls_raw = raw.get("tls", False)
+    if isinstance(tls_raw, str) and tls_raw.lower() in ("true", "false"):
+        tls_raw = tls_raw.lower() == "true"
+    if not isinstance(tls_raw, bool):
+        r.fail("kubernetes.tls", f"must be true or false, got {tls_raw!r}")
+        tls_raw = False
+    tls = tls_raw
     tls_secret = raw.get("tlsSecret")
     if tls and not tls_secret:
         r.fail("kubernetes.tlsSecret", "is required when kubernetes.tls is true")
+    elif tls_secret and not _K8S_NAME.match(str(tls_secret)):
+        r.fail("kubernetes.tlsSecret", f"{tls_secret!r} is not a valid Secret name")
     render_to = raw.get("renderManifestsTo")
+    context = raw.get("context")
+
+    # A PodDisruptionBudget must leave room for one eviction: minAvailable < replicas. Replicas
+    # are parsed again here (errors in them are already reported by the main parse).
+    environment = r.str_("environment", stack if stack in ENVIRONMENT_DEFAULTS else None)
+    env_defaults = ENVIRONMENT_DEFAULTS.get(environment or "", ENVIRONMENT_DEFAULTS["dev"])
+    replicas = _parse_overrides(_Reader(r.config), app, env_defaults["replicas"])
+    pdb_raw = raw.get("pdbMinAvailable", {}) or {}
+    pdb: dict[str, int] = {}
+    if not isinstance(pdb_raw, dict):
+        r.fail("kubernetes.pdbMinAvailable", "must be an object keyed by service name")
+        pdb_raw = {}
+    for service, value in pdb_raw.items():
+        key = f"kubernetes.pdbMinAvailable.{service}"
+        if service not in replicas:
+            r.fail(key, f"unknown service {service!r}; known: {', '.join(replicas)}")
+            continue
+        number = r.int_(key, value, 1, 100)
+        if number is None:
+            continue
+        count = replicas[service].replicas
+        if number >= count:
+            r.fail(
+                key,
+                f"minAvailable {number} with {count} replica(s) makes a PodDisruptionBudget "
+                f"impossible (no pod could ever be evicted); raise appstack:services.{service}"
+                f".replicas above {number} or lower it",
+            )
+            continue
+        pdb[service] = number
     return KubernetesSettings(
         namespace=namespace,
-        ingress_class=str(raw.get("ingressClass", "nginx")),
+        ingress_class=ingress_class,
         ingress_host=host,
         tls_secret=str(tls_secret) if tls_secret else None,
         tls=tls,
         storage_class=str(storage_class) if storage_class else None,
         storage_size=size,
         render_to=str(render_to) if render_to else None,
-        kubeconfig_context=raw.get("context"),
+        kubeconfig_context=str(context) if context else None,
+        ingress_namespace=ingress_namespace,
+        pdb_min_available=pdb,
     )
 
 

@@ -24,7 +24,7 @@ SUITE=trixie
 MIRROR="${APPSTACK_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 KEYRING="${APPSTACK_DEBIAN_KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}"
 
-HAVEN_TAGS=(0.1.0 0.2.0 0.3.0-broken)
+HAVEN_TAGS=(0.1.0 0.2.0 0.2.1-badsearch 0.3.0-broken)
 HAVEN_SERVICES=(gateway catalog search worker)
 POSTGRES_REF=appstack.local/postgres-pgvector:17
 QDRANT_REF=appstack.local/qdrant:1.12-double

@@ -29,6 +29,7 @@ from components.ops.stack import (
     image_refs,
     migration_state,
     pick,
+    plaintext,
     resources,
 )
 
@@ -145,7 +146,7 @@ def _db_access(stack: Pulumi) -> tuple[Any, Any, str, list[str], str]:
         raise OpsError(msg)
     res = found[0]
     target = Target.from_dict(res["outputs"]["target"])
-    password = str(res["inputs"]["db_password"])
+    password = str(plaintext(res["inputs"]["db_password"]))
     quiescent = list(res["outputs"].get("quiescent") or [])
     app = target.name_prefix.split("-")[-1]
     return runner_for(target), target, password, quiescent, app
@@ -186,9 +187,18 @@ def _reset_chunks(stack: Pulumi) -> None:
 
 
 def _set_images(stack: Pulumi, target: Entry) -> None:
+    """Write entry N's image references into the stack's config, field by field (YAML stays)."""
     images = target.config.get("appstack:images")
-    value = images if isinstance(images, str) else json.dumps(images)
-    stack.run("config", "set", "appstack:images", value)
+    if isinstance(images, str):
+        images = json.loads(images)
+    pairs = []
+    for svc, spec in sorted((images or {}).items()):
+        stack.run("config", "rm", "--path", f"appstack:images.{svc}", check=False)
+        if isinstance(spec, str):
+            pairs.append(f"appstack:images.{svc}={spec}")
+            continue
+        pairs += [f"appstack:images.{svc}.{k}={v}" for k, v in sorted(spec.items())]
+    stack.run("config", "set-all", "--path", *[a for p in pairs for a in ("--plaintext", p)])
 
 
 def _confirm(args: argparse.Namespace, plan: dict[str, Any]) -> None:

@@ -95,6 +95,13 @@ def _config_value(value: Any) -> Any:
     return value
 
 
+def plaintext(value: Any) -> Any:
+    """A value from ``stack export --show-secrets``: secrets keep an envelope with the plaintext."""
+    if isinstance(value, dict) and "plaintext" in value:
+        return json.loads(value["plaintext"])
+    return value
+
+
 def resources(deployment: Mapping[str, Any], typ: str) -> list[dict[str, Any]]:
     """Resources of one type in an exported deployment or checkpoint."""
     latest = deployment.get("deployment") or deployment.get("checkpoint", {}).get("latest") or {}
@@ -191,8 +198,8 @@ def history(project: str, stack: str) -> list[Entry]:
         info = json.loads(path.read_text())
         checkpoint_path = path.with_name(path.name.replace(".history.json", ".checkpoint.json"))
         checkpoint = json.loads(checkpoint_path.read_text()) if checkpoint_path.exists() else {}
-        config = {k: v for k, v in (info.get("config") or {}).items()}
-        plain = {k: v.get("string") if isinstance(v, dict) else v for k, v in config.items()}
+        # Values are stored as given (objects as objects); secrets stay encrypted ({"secure":..}).
+        plain = dict(info.get("config") or {})
         entries.append(
             Entry(
                 number=number,

@@ -124,10 +124,19 @@ class Target:
     backup_volume: str = ""
     docker_host: str | None = None
     workdir: str = ""
+    namespace: str = ""
+    """Kubernetes: the namespace tasks run in (their Jobs, Secrets and ConfigMaps)."""
+    context: str | None = None
+    """Kubernetes: the kubeconfig context (None: the current one)."""
+    run_as_user: int = 10001
+    """Kubernetes: the non-root uid (and fsGroup) of task pods."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("docker", "local"):
-            msg = f"target.kind {self.kind!r} is not one of docker, local"
+        if self.kind not in ("docker", "local", "kubernetes"):
+            msg = f"target.kind {self.kind!r} is not one of docker, local, kubernetes"
+            raise ValueError(msg)
+        if self.kind == "kubernetes" and not self.namespace:
+            msg = "target.namespace is required when target.kind is 'kubernetes'"
             raise ValueError(msg)
         if not _NAME_PREFIX.match(self.name_prefix):
             msg = f"target.name_prefix {self.name_prefix!r} must match {_NAME_PREFIX.pattern}"
@@ -154,8 +163,11 @@ class Target:
         values = dict(data)
         if "db_port" in values:
             values["db_port"] = int(values["db_port"])
-        if values.get("docker_host") == "":
-            values["docker_host"] = None
+        if "run_as_user" in values:
+            values["run_as_user"] = int(values["run_as_user"])
+        for key in ("docker_host", "context"):
+            if values.get(key) == "":
+                values[key] = None
         return cls(**values)
 
     @property
@@ -429,4 +441,10 @@ def runner_for(target: Target) -> Runner:
     """The runner for a target's kind."""
     if target.kind == "docker":
         return DockerRunner(target.docker_host, target.network, target.name_prefix)
+    if target.kind == "kubernetes":
+        from components.providers.k8s_runner import KubernetesRunner
+
+        return KubernetesRunner(
+            target.namespace, target.name_prefix, target.context, target.run_as_user
+        )
     return LocalRunner(target.workdir)

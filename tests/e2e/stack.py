@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Mapping
@@ -183,6 +184,26 @@ class Stack:
             "exec", f"{self.name}-haven-postgres",
             "psql", "-U", "haven", "-d", "haven", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql,
         )  # fmt: skip
+
+
+def kill_engine_processes(stack: Stack) -> int:
+    """SIGKILL every process of this stack's engine (they carry its backend URL in their env).
+
+    A killed ``pulumi`` leaves its language host and provider plugins running, in process groups
+    of their own: the test kills them too, as an operator's kill -9 of a whole session would.
+    """
+    marker = ("PULUMI_BACKEND_URL=" + stack.env["PULUMI_BACKEND_URL"]).encode()
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+        except (OSError, ProcessLookupError):
+            continue
+    return killed
 
 
 def wait_http(url: str, status: int = 200, deadline_s: float = 60) -> httpx.Response:

@@ -6,11 +6,16 @@ The tests run in order on one stack: each step builds on the state the previous 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from typing import Any
 
 import pytest
 
-from tests.e2e.stack import Stack, docker, wait_http
+from components.ops.stack import plaintext
+from tests.e2e.stack import Stack, docker, kill_engine_processes, wait_http
 
 pytestmark = pytest.mark.e2e
 SERVICES = ("gateway", "catalog", "search", "worker")
@@ -23,9 +28,7 @@ def secret_values(stack: Stack) -> dict[str, str]:
     for res in stack.export(secrets=True)["deployment"]["resources"]:
         name = res["urn"].rsplit("::", 1)[-1]
         if res["type"] == "pulumi-python:dynamic/ops:GeneratedSecret":
-            value = res["outputs"]["value"]
-            if isinstance(value, dict):  # `--show-secrets` keeps the secret envelope
-                value = json.loads(value["plaintext"])
+            value = plaintext(res["outputs"]["value"])
             values[name.removeprefix(f"{stack.name}-haven-")] = value
     return values
 
@@ -169,6 +172,46 @@ def test_failing_smoke_test_fails_the_up(haven: Stack) -> None:
     haven.set_config("appstack:ollama", {"url": "http://ollama:11434",
                                          "network": haven.ollama_network})  # fmt: skip
     haven.up()
+
+
+def test_interrupted_up_converges_on_the_next_up(haven: Stack) -> None:
+    haven.set_images("0.1.0", ("gateway", "search"))
+    old = haven.containers()["gateway"]["Id"]
+    proc = subprocess.Popen(
+        ["pulumi", "up", "--yes", "--skip-preview", "--non-interactive", "--stack", haven.name],
+        cwd=haven.workdir,
+        env=haven.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        # Kill the engine (and its plugins) once the old gateway is gone and its replacement is
+        # not yet healthy: the worst moment.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            gateway = haven.containers().get("gateway")
+            if gateway is None or gateway["Id"] != old:
+                break
+            assert proc.poll() is None, "the update ended before it could be interrupted"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        assert kill_engine_processes(haven) >= 1, "the engine's plugins outlive it"
+    finally:
+        proc.wait()
+    gateway = haven.containers().get("gateway")
+    assert gateway is None or gateway["Id"] != old
+    healthy = gateway is not None and gateway["State"].get("Health", {}).get("Status") == "healthy"
+    assert not healthy, "the update was not interrupted midway"
+    locked = haven.up(check=False)
+    assert locked.code != 0 and "locked" in locked.text, "a killed update leaves its lock"
+    haven.pulumi("cancel", "--yes", "--stack", haven.name, check=True)
+    haven.up()
+    running = haven.containers()
+    assert set(running) == set(SERVICES + DATASTORES)
+    assert all(c["State"]["Running"] for c in running.values())
+    assert haven.get("/v1/healthz").json().get("version") == "0.1.0"
+    assert steps(haven.preview()) == {"e2e-haven-smoke": "update"}
 
 
 def test_destroy_removes_containers_networks_and_unprotected_volumes(haven: Stack) -> None:

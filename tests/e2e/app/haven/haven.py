@@ -183,6 +183,9 @@ def gateway(h, method, path, query):
         return 200, {"status": "ok", "service": "gateway", "version": VERSION}
     if env("HAVEN_MAINTENANCE").lower() in ("1", "true", "yes", "on"):
         return 503, {"status": "maintenance"}
+    if path == "/v1/search" and method == "GET" and VERSION.endswith("-badsearch"):
+        # A release with a regression baked in (tag *-badsearch): healthy, but search fails.
+        return 500, {"error": "regression in this release", "version": VERSION}
     if path == "/v1/search" and method == "GET":
         # No AUTH_TOKEN configured: nothing is authorized (401 without a token, 403 with one).
         denied = bearer_check(h, env("AUTH_TOKEN") or "\x00unset")

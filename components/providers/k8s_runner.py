@@ -1,0 +1,357 @@
+"""Run one-off tasks inside a Kubernetes namespace as Jobs, through ``kubectl`` (no new library).
+
+A task becomes three objects applied together: a Secret holding its whole env (so no value sits in
+the Job's spec), a ConfigMap holding its files (mounted read-only at ``/work``) and a Job (no
+retries, a deadline, the task's PVC mounts). The runner waits for the Job, collects its log and
+deletes all three, also on failure or timeout. ``kubectl`` finds the cluster as it always does
+(``KUBECONFIG``, the current context, or the target's ``context``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import secrets
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from components.providers.runner import (
+    CONTAINER_WORK,
+    Task,
+    TaskError,
+    TaskResult,
+    _finish,
+    _untar_dir,
+)
+
+TASK_LABEL = "app.kubernetes.io/component"
+TASK_LABEL_VALUE = "task"
+"""Label of every task pod: the NetworkPolicy lets these pods (and only these) reach Postgres."""
+QUIESCE_ANNOTATION = "appstack.io/replicas-before-quiesce"
+POLL_S = 2.0
+DEADLINE_GRACE_S = 60
+"""The Job's own deadline backs up the runner's (a runner that dies leaves no task running)."""
+KUBECTL_TIMEOUT_S = 120.0
+# Pod states that never recover by waiting: fail the task at once instead of at its deadline.
+STUCK_REASONS = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"}
+)
+_BEGIN = "APPSTACK:TAR:BEGIN"
+_END = "APPSTACK:TAR:END"
+_NOT_DNS = re.compile(r"[^a-z0-9-]+")
+
+
+class KubectlError(RuntimeError):
+    """``kubectl`` itself failed (cluster unreachable, forbidden, invalid object)."""
+
+
+def job_name(prefix: str, task: str) -> str:
+    """A DNS-1123 name for a task's objects: prefix, task, random suffix, at most 63 chars."""
+    suffix = secrets.token_hex(3)
+    stem = _NOT_DNS.sub("-", f"{prefix}-{task}".lower()).strip("-")
+    return f"{stem[: 63 - len(suffix) - 1].rstrip('-')}-{suffix}"
+
+
+def _security(uid: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pod and container security contexts of a task: non-root, nothing to escalate."""
+    pod = {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": False,
+    }
+    return pod, container
+
+
+def task_manifests(
+    task: Task, name: str, namespace: str, uid: int, prefix: str
+) -> list[dict[str, Any]]:
+    """The Secret, ConfigMap and Job that run ``task`` (a pure function: tested offline)."""
+    labels = {
+        TASK_LABEL: TASK_LABEL_VALUE,
+        "app.kubernetes.io/managed-by": "appstack",
+        "appstack.io/task": _NOT_DNS.sub("-", task.name.lower()).strip("-")[:63] or "task",
+        "appstack.io/prefix": prefix,
+    }
+    meta = {"name": name, "namespace": namespace, "labels": labels}
+    env = {**task.env, "WORK": CONTAINER_WORK}
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "type": "Opaque",
+        "stringData": {k: str(v) for k, v in env.items()},
+    }
+    # ConfigMap keys cannot hold '/': keys are indexes, `items` put each file at its path.
+    ordered = sorted(task.files.items())
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta,
+        "binaryData": {
+            f"f{i}": base64.b64encode(data).decode() for i, (_, data) in enumerate(ordered)
+        },
+    }
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "work",
+            "configMap": {
+                "name": name,
+                "items": [{"key": f"f{i}", "path": rel} for i, (rel, _) in enumerate(ordered)],
+            },
+        },
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "work", "mountPath": CONTAINER_WORK, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    for i, (claim, path) in enumerate(task.mounts):
+        volumes.append({"name": f"m{i}", "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": f"m{i}", "mountPath": path})
+    pod_security, container_security = _security(uid)
+    container: dict[str, Any] = {
+        "name": "task",
+        "image": task.image,
+        "args": list(task.command),
+        "envFrom": [{"secretRef": {"name": name}}],
+        "volumeMounts": mounts,
+        "securityContext": container_security,
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"cpu": "1", "memory": "512Mi"},
+        },
+    }
+    if task.entrypoint is not None:
+        container["command"] = list(task.entrypoint)
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": int(task.timeout_s) + DEADLINE_GRACE_S,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": pod_security,
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+    return [secret, config_map, job]
+
+
+class KubernetesRunner:
+    """Runs tasks as Jobs in one namespace; quiesces services by scaling their Deployments."""
+
+    def __init__(
+        self, namespace: str, name_prefix: str, context: str | None = None, uid: int = 10001
+    ) -> None:
+        self.namespace = namespace
+        self.name_prefix = name_prefix
+        self.context = context
+        self.uid = uid
+
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``kubectl`` in the target's context and namespace."""
+        argv = ["kubectl"]
+        if self.context:
+            argv += ["--context", self.context]
+        argv += ["--namespace", self.namespace, *args]
+        try:
+            proc = subprocess.run(
+                argv,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=KUBECTL_TIMEOUT_S,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            msg = "kubectl is not on PATH: the Kubernetes runner drives the cluster through it"
+            raise KubectlError(msg) from exc
+        if check and proc.returncode != 0:
+            msg = f"kubectl {' '.join(args[:2])} failed ({proc.returncode}): {proc.stderr.strip()}"
+            raise KubectlError(msg)
+        return proc
+
+    def _get_json(self, *args: str) -> dict[str, Any]:
+        return dict(json.loads(self.kubectl("get", *args, "-o", "json").stdout))
+
+    def _pods(self, job: str) -> list[dict[str, Any]]:
+        return list(self._get_json("pods", "-l", f"job-name={job}").get("items") or [])
+
+    def _wait(self, job: str, timeout_s: float) -> tuple[int, bool]:
+        """Poll the Job until it completes or fails: (exit code, timed out)."""
+        end = time.monotonic() + timeout_s
+        while True:
+            status = self._get_json("job", job).get("status") or {}
+            pods = self._pods(job)
+            if status.get("succeeded"):
+                return 0, False
+            code = _exit_code(pods)
+            if status.get("failed") or code not in (None, 0):
+                return (code if code is not None else 1), False
+            stuck = _stuck(pods)
+            if stuck:
+                msg = f"task job {job} cannot start: {stuck}"
+                raise TaskError(msg, None, stuck)
+            if time.monotonic() >= end:
+                return -1, True
+            time.sleep(POLL_S)
+
+    def _delete(self, name: str) -> None:
+        """Delete the task's Job (and its pods), Secret and ConfigMap; report what failed."""
+        problems = []
+        for kind in ("job", "secret", "configmap"):
+            proc = self.kubectl(
+                "delete", kind, name, "--ignore-not-found", "--cascade=background", check=False
+            )
+            if proc.returncode != 0:
+                problems.append(f"{kind}/{name}: {proc.stderr.strip()}")
+        if problems:
+            msg = "could not clean up task objects: " + "; ".join(problems)
+            raise KubectlError(msg)
+
+    def run(self, task: Task) -> TaskResult:
+        """Apply Secret + ConfigMap + Job, wait, collect the log, always delete all three."""
+        name = job_name(self.name_prefix, task.name)
+        manifests = task_manifests(task, name, self.namespace, self.uid, self.name_prefix)
+        document = json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
+        try:
+            self.kubectl("apply", "-f", "-", stdin=document)
+            exit_code, timed_out = self._wait(name, task.timeout_s)
+            logs = self.kubectl("logs", f"job/{name}", "--all-containers", check=False)
+            raw = logs.stdout + (logs.stderr if logs.returncode != 0 else "")
+        finally:
+            self._delete(name)
+        return _finish(task, exit_code, raw, timed_out)
+
+    def read_image_dir(self, image: str, path: str) -> dict[str, bytes]:
+        """Files under ``path`` in ``image``: a Job tars the directory to its log, in base64."""
+        script = (
+            'set -eu; echo "$0"; tar -C "$(dirname "$2")" -cf - "$(basename "$2")" | base64;'
+            ' echo "$1"'
+        )
+        task = Task(
+            name="read-schema",
+            image=image,
+            command=[script, _BEGIN, _END, path],
+            entrypoint=["sh", "-c"],
+            timeout_s=300,
+        )
+        logs = self.run(task).logs
+        return _untar_dir(decode_tar_log(logs))
+
+    def _replicas(self, name: str) -> tuple[int, dict[str, str]] | None:
+        proc = self.kubectl("get", "deployment", name, "-o", "json", check=False)
+        if proc.returncode != 0:
+            if "NotFound" in proc.stderr or "not found" in proc.stderr:
+                return None
+            msg = f"kubectl get deployment {name} failed: {proc.stderr.strip()}"
+            raise KubectlError(msg)
+        data = json.loads(proc.stdout)
+        annotations = dict((data.get("metadata") or {}).get("annotations") or {})
+        return int((data.get("spec") or {}).get("replicas", 1)), annotations
+
+    def stop_containers(self, names: Sequence[str]) -> list[str]:
+        """Scale each named Deployment to 0 (remembering its replicas) and wait for its pods."""
+        missing = []
+        for name in names:
+            found = self._replicas(name)
+            if found is None:
+                missing.append(name)
+                continue
+            replicas, annotations = found
+            if QUIESCE_ANNOTATION not in annotations:  # a retry must not record 0
+                remember = f"{QUIESCE_ANNOTATION}={replicas}"
+                self.kubectl("annotate", "deployment", name, remember, "--overwrite")
+            self.kubectl("scale", "deployment", name, "--replicas=0")
+        for name in names:
+            if name not in missing:
+                self._wait_scaled_down(name)
+        return missing
+
+    def _wait_scaled_down(self, name: str, timeout_s: float = 120.0) -> None:
+        end = time.monotonic() + timeout_s
+        while True:
+            status = self._get_json("deployment", name).get("status") or {}
+            if not status.get("replicas"):
+                return
+            if time.monotonic() >= end:
+                msg = f"deployment {name} still has pods {timeout_s:g}s after scaling to 0"
+                raise KubectlError(msg)
+            time.sleep(POLL_S)
+
+    def start_containers(self, names: Sequence[str]) -> list[str]:
+        """Scale each named Deployment back to the replicas it had before ``stop_containers``."""
+        missing = []
+        for name in names:
+            found = self._replicas(name)
+            if found is None:
+                missing.append(name)
+                continue
+            _, annotations = found
+            before = annotations.get(QUIESCE_ANNOTATION)
+            if before is None:
+                continue  # never stopped by us: leave it as it is
+            self.kubectl("scale", "deployment", name, f"--replicas={int(before)}")
+            self.kubectl("annotate", "deployment", name, f"{QUIESCE_ANNOTATION}-")
+        return missing
+
+    def mount_path(self, volume: str, container_path: str) -> str:
+        """In a pod a PVC is mounted where the task mounts it."""
+        del volume
+        return container_path
+
+
+def decode_tar_log(logs: str) -> bytes:
+    """The tar archive between the begin/end markers of a ``read_image_dir`` log."""
+    lines = logs.splitlines()
+    try:
+        start = lines.index(_BEGIN) + 1
+        end = lines.index(_END, start)
+    except ValueError as exc:
+        msg = "reading the image directory printed no complete archive"
+        raise TaskError(msg, None, logs) from exc
+    try:
+        return base64.b64decode("".join(lines[start:end]), validate=True)
+    except binascii.Error as exc:
+        msg = f"reading the image directory printed invalid base64: {exc}"
+        raise TaskError(msg, None, logs) from exc
+
+
+def _exit_code(pods: Sequence[Mapping[str, Any]]) -> int | None:
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (status.get("state") or {}).get("terminated")
+            if terminated is not None:
+                return int(terminated.get("exitCode", 1))
+    return None
+
+
+def _stuck(pods: Sequence[Mapping[str, Any]]) -> str:
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                return f"{waiting['reason']}: {waiting.get('message', '')}".strip()
+    return ""
