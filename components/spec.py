@@ -84,6 +84,9 @@ class ServiceSpec:
     """Capabilities kept after dropping ALL (a data store's entrypoint may need CHOWN/SETUID)."""
     read_only_root: bool = True
     tmpfs: tuple[str, ...] = ("/tmp",)
+    stands_in: bool = False
+    """Exists only in a mode (maintenance) and yields its published port back to the service it
+    stands in for when that mode ends."""
     needs_egress: bool = False
     """Needs a route out of the internal network (Haven's search and worker reach Ollama)."""
     egress_hosts: tuple[str, ...] = ()

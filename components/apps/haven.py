@@ -78,6 +78,7 @@ def _maintenance(
         exposure=Exposure.PUBLIC,
         resources=Resources(64, 0.2),
         depends_on=("gateway",),
+        stands_in=True,
     )
     rest = tuple(internal if s.name == "gateway" else s for s in services)
     smoke = SmokeSpec(

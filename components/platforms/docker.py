@@ -193,7 +193,10 @@ class DockerApp(pulumi.ComponentResource):
             "security_opt": ["no-new-privileges:true"],
             "cap_add": list(svc.cap_add),
             "mounts": mounts,
-            "labels": self._labels(svc.name),
+            "labels": {
+                **self._labels(svc.name),
+                **({engine.STANDS_IN_LABEL: "true"} if svc.stands_in else {}),
+            },
             "extra_hosts": extra_hosts,
             "stop_timeout_s": 30,
             "docker_host": self._host,

@@ -248,7 +248,7 @@ class KubernetesApp(pulumi.ComponentResource):
 
     # -- namespace, secrets, network policies, storage, services ----------------------------
 
-    def _create_namespace(self) -> k8s.core.v1.Namespace:
+    def _create_namespace(self) -> Any:
         protect = self._settings.protect_volumes
         return k8s.core.v1.Namespace(
             f"{self._name}-namespace",
@@ -257,7 +257,7 @@ class KubernetesApp(pulumi.ComponentResource):
             opts=self._opts(retain_on_delete=protect),
         )
 
-    def _secret(self, owner: str, values: Mapping[str, pulumi.Input[str]]) -> k8s.core.v1.Secret:
+    def _secret(self, owner: str, values: Mapping[str, pulumi.Input[str]]) -> Any:
         return k8s.core.v1.Secret(
             f"{self._name}-{owner}-env",
             metadata=self._meta(f"{owner}-env"),
@@ -266,7 +266,7 @@ class KubernetesApp(pulumi.ComponentResource):
             opts=self._opts(),
         )
 
-    def _create_secrets(self) -> dict[str, k8s.core.v1.Secret]:
+    def _create_secrets(self) -> dict[str, Any]:
         owners: list[tuple[str, Mapping[str, pulumi.Input[str]]]] = [
             (s.name, s.secret_env) for s in self._app.services
         ]
@@ -296,8 +296,8 @@ class KubernetesApp(pulumi.ComponentResource):
             rules.append(rule)
         return rules
 
-    def _create_network_policies(self) -> list[k8s.networking.v1.NetworkPolicy]:
-        def policy(name: str, spec: dict[str, Any]) -> k8s.networking.v1.NetworkPolicy:
+    def _create_network_policies(self) -> list[pulumi.CustomResource]:
+        def policy(name: str, spec: dict[str, Any]) -> pulumi.CustomResource:
             return k8s.networking.v1.NetworkPolicy(
                 f"{self._name}-netpol-{name}",
                 metadata=self._meta(name),
@@ -360,7 +360,7 @@ class KubernetesApp(pulumi.ComponentResource):
             policies.append(policy(f"allow-{peer}", spec))
         return policies
 
-    def _claim(self, claim: str, owner: str) -> k8s.core.v1.PersistentVolumeClaim:
+    def _claim(self, claim: str, owner: str) -> Any:
         protect = self._settings.protect_volumes
         spec: dict[str, Any] = {
             "access_modes": ["ReadWriteOnce"],
@@ -386,7 +386,7 @@ class KubernetesApp(pulumi.ComponentResource):
             opts=self._opts(protect=protect, retain_on_delete=protect),
         )
 
-    def _create_claims(self) -> dict[str, k8s.core.v1.PersistentVolumeClaim]:
+    def _create_claims(self) -> dict[str, Any]:
         claims = {
             f"{svc.name}-{vol.name}": self._claim(f"{svc.name}-{vol.name}", svc.name)
             for svc in self._app.services
@@ -495,7 +495,7 @@ class KubernetesApp(pulumi.ComponentResource):
     def _after(self, svc: ServiceSpec) -> list[pulumi.Resource]:
         return [self.workloads[d] for d in svc.depends_on]
 
-    def _create_statefulset(self, svc: ServiceSpec) -> k8s.apps.v1.StatefulSet:
+    def _create_statefulset(self, svc: ServiceSpec) -> pulumi.CustomResource:
         return k8s.apps.v1.StatefulSet(
             f"{self._name}-{svc.name}",
             metadata=self._meta(svc.name),
@@ -511,7 +511,7 @@ class KubernetesApp(pulumi.ComponentResource):
 
     def _create_deployment(
         self, svc: ServiceSpec, gate: Sequence[pulumi.Resource]
-    ) -> k8s.apps.v1.Deployment:
+    ) -> pulumi.CustomResource:
         return k8s.apps.v1.Deployment(
             f"{self._name}-{svc.name}",
             metadata=self._meta(svc.name),
@@ -544,7 +544,7 @@ class KubernetesApp(pulumi.ComponentResource):
                 opts=self._opts(),
             )
 
-    def _create_init_job(self, task: InitTask) -> k8s.batch.v1.Job:
+    def _create_init_job(self, task: InitTask) -> pulumi.CustomResource:
         owner = self._owner(task.image)
         uid = self._uid(owner) if owner else SERVICE_UID
         labels = {**self._labels(task.name), TASK_LABEL: INIT_TASK_COMPONENT}
@@ -646,7 +646,7 @@ class KubernetesApp(pulumi.ComponentResource):
             ),
         )
 
-    def _create_ingress(self) -> k8s.networking.v1.Ingress:
+    def _create_ingress(self) -> pulumi.CustomResource:
         entry = self._app.service(self._app.entry.service)
         backend = {"service": {"name": entry.name, "port": {"number": entry.port}}}
         spec: dict[str, Any] = {

@@ -27,6 +27,8 @@ from pulumi.dynamic import (
 from components.providers.runner import log_tail, redact
 
 STACK_LABEL = "appstack.stack"
+STANDS_IN_LABEL = "appstack.stands-in"
+"""A container that only stands in for another (a maintenance responder) yields its port."""
 
 
 class EngineError(RuntimeError):
@@ -411,6 +413,7 @@ class ContainerProvider(ResourceProvider):
         stop_timeout = int(props.get("stop_timeout_s") or 30)
         with client(props.get("docker_host")) as docker_client:
             self._clear_leftover(docker_client, props, stop_timeout)
+            self._take_over_ports(docker_client, props)
             kwargs = _create_kwargs(props)
             container = docker_client.containers.create(**kwargs)
             try:
@@ -440,6 +443,29 @@ class ContainerProvider(ResourceProvider):
             raise EngineError(msg)
         pulumi.log.warn(f"removing container {name} left by an interrupted update")
         _remove(docker_client, leftover.id, stop_timeout)
+
+    @staticmethod
+    def _take_over_ports(docker_client: Any, props: Mapping[str, Any]) -> None:
+        """Remove this stack's stand-in that holds a host port this container publishes.
+
+        When maintenance ends, the gateway's replacement needs the public port back before
+        Pulumi would delete the responder (deletes of removed resources come last); the
+        responder's own delete then finds it gone, which is fine.
+        """
+        wanted = {(str(p["ip"]), int(p["external"])) for p in props.get("ports") or []}
+        if not wanted:
+            return
+        stack = _labels(props).get(STACK_LABEL)
+        filters = {"label": [f"{STACK_LABEL}={stack}", f"{STANDS_IN_LABEL}=true"]}
+        for other in docker_client.containers.list(all=True, filters=filters):
+            bound = {
+                (b.get("HostIp", ""), int(b.get("HostPort") or 0))
+                for bindings in (other.attrs["HostConfig"].get("PortBindings") or {}).values()
+                for b in bindings or []
+            }
+            if bound & wanted and other.name != props["name"]:
+                pulumi.log.info(f"{props['name']} takes its port back from {other.name}")
+                _remove(docker_client, other.id, 10)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         """The container if it still exists (a removed one shows as deleted on refresh)."""

@@ -188,5 +188,5 @@ def test_status_reports_services_and_migration(ops: Stack) -> None:
     report = json.loads(out.stdout)
     health = {s["name"]: s["health"] for s in report["services"]}
     assert health["ops-haven-gateway"] == "healthy"
-    assert health["ops-haven-worker"] == "running"
+    assert health["ops-haven-worker"] in ("healthy", "running")  # image may bring its own check
     assert "init.sql" in report["migration"]["ledger"]

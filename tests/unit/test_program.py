@@ -204,6 +204,8 @@ def test_maintenance_moves_the_public_port_to_the_responder() -> None:
     assert responder["ports"] == [{"internal": 8080, "external": 18080, "ip": "127.0.0.1"}]
     assert responder["image"] == running["gateway"]["image"]
     assert responder["env"]["MAINTENANCE_UPSTREAM"] == "http://gateway:8080"
+    assert responder["labels"]["appstack.stands-in"] == "true"
+    assert "appstack.stands-in" not in running["gateway"]["labels"]
     smoke = program.named("dev-haven-smoke")
     assert {c["name"]: c["expect_status"] for c in smoke.inputs["checks"]} == {
         "gateway-health": 200,
