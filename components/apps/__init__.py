@@ -6,12 +6,13 @@ from collections.abc import Callable, Mapping
 
 import pulumi
 
-from components.apps import haven
+from components.apps import engramia, haven
 from components.settings import Settings
 from components.spec import AppSpec
 
 BUILDERS: dict[str, Callable[[Settings, Mapping[str, pulumi.Output[str]]], AppSpec]] = {
     "haven": haven.build,
+    "engramia": engramia.build,
 }
 
 

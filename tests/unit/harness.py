@@ -30,6 +30,17 @@ SECRET_VALUES = {
 }
 
 
+def unwrap(value: Any) -> Any:
+    """A registered input with every secret envelope opened (for asserting on values)."""
+    if isinstance(value, dict):
+        if value.get(SECRET_SIG) is not None and "value" in value:
+            return unwrap(value["value"])
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
 @dataclass
 class Registration:
     """One resource as the engine would have seen it."""

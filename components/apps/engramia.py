@@ -1,0 +1,162 @@
+"""Engramia's topology, written once for every platform (contract: shared/DESIGN.md, "Engramia").
+
+API (port 8000, uid 1001, read-only root with tmpfs /tmp and /app/tmp, data volume /data),
+Postgres 16 with pgvector, and Caddy in front as the only public entry. Migrations are
+``alembic upgrade head`` inside the API image; maintenance is the app's own switch
+(``ENGRAMIA_MAINTENANCE``: every path but the health endpoints answers 503).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pulumi
+
+from components.settings import Settings
+from components.spec import (
+    AppSpec,
+    DatabaseRef,
+    Exposure,
+    HealthCheck,
+    MigrationSpec,
+    PublicEntry,
+    Resources,
+    Role,
+    ServiceSpec,
+    SmokeCheck,
+    SmokeSpec,
+    Volume,
+)
+
+DB_NAME = "engramia"
+DB_USER = "engramia"
+API_PORT = 8000
+# Caddy listens on an unprivileged port inside its container; the platform publishes it.
+EDGE_PORT = 8080
+DEFAULT_RESOURCES = {
+    "api": Resources(512, 1.0),
+    "postgres": Resources(1024, 1.0),
+    "caddy": Resources(128, 0.25),
+}
+DATASTORE_CAPS = ("CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER")
+OPTIONAL_ENV = {
+    "openaiApiKey": "OPENAI_API_KEY",
+    "stripeSecretKey": "STRIPE_SECRET_KEY",
+    "stripeWebhookSecret": "STRIPE_WEBHOOK_SECRET",
+}
+
+
+def _resources(settings: Settings, name: str) -> Resources:
+    base = DEFAULT_RESOURCES[name]
+    override = settings.overrides[name]
+    return Resources(override.memory_mb or base.memory_mb, override.cpus or base.cpus)
+
+
+def _smoke(api_key: pulumi.Output[str], maintenance: bool) -> SmokeSpec:
+    """Version without auth; deep health with a key, judged by its storage check (DESIGN.md)."""
+    deep = SmokeCheck(
+        "deep-health",
+        "/v1/health/deep",
+        200,
+        bearer=api_key,
+        expect_json={"checks.storage.status": "ok"},
+    )
+    if maintenance:
+        return SmokeSpec(checks=(deep, SmokeCheck("maintenance", "/v1/version", 503)))
+    return SmokeSpec(
+        checks=(
+            SmokeCheck("version", "/v1/version", 200),
+            deep,
+            SmokeCheck("health-unauthorized", "/v1/health", 401),
+        )
+    )
+
+
+def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppSpec:
+    """Engramia as specs: API, Postgres+pgvector, Caddy."""
+    image = {name: ref.ref for name, ref in settings.images.items()}
+    db_password = secrets["postgresPassword"]
+    # The image ships the psycopg2 driver: the URL must name it.
+    database_url: pulumi.Output[str] = pulumi.Output.secret(
+        pulumi.Output.concat(
+            "postgresql+psycopg2://", DB_USER, ":", db_password, "@postgres:5432/", DB_NAME
+        )
+    )  # type: ignore[arg-type]
+    api_secrets: dict[str, pulumi.Output[str]] = {
+        "ENGRAMIA_DATABASE_URL": database_url,
+        "ENGRAMIA_API_KEYS": secrets["apiKeys"],
+        "ENGRAMIA_BOOTSTRAP_TOKEN": secrets["bootstrapToken"],
+        "ENGRAMIA_METRICS_TOKEN": secrets["metricsToken"],
+    }
+    for key, env in OPTIONAL_ENV.items():
+        if key in secrets:
+            api_secrets[env] = secrets[key]
+
+    postgres = ServiceSpec(
+        name="postgres",
+        image=image["postgres"],
+        role=Role.DATASTORE,
+        port=5432,
+        env={
+            "POSTGRES_USER": DB_USER,
+            "POSTGRES_DB": DB_NAME,
+            "PGDATA": "/var/lib/postgresql/data/pgdata",
+        },
+        secret_env={"POSTGRES_PASSWORD": db_password},
+        health=HealthCheck(command=("pg_isready", "-h", "127.0.0.1", "-U", DB_USER, "-d", DB_NAME)),
+        volumes=(Volume("pgdata", "/var/lib/postgresql/data", 10),),
+        resources=_resources(settings, "postgres"),
+        cap_add=DATASTORE_CAPS,
+        read_only_root=False,
+    )
+    api = ServiceSpec(
+        name="api",
+        image=image["api"],
+        port=API_PORT,
+        env={
+            "ENGRAMIA_STORAGE": "postgres",
+            "ENGRAMIA_AUTH_MODE": "api_key",
+            "ENGRAMIA_METRICS": "true",
+            "ENGRAMIA_JSON_LOGS": "true",
+            "ENGRAMIA_RATE_LIMIT_DEFAULT": "120/minute",
+            "ENGRAMIA_RATE_LIMIT_EXPENSIVE": "20/minute",
+            "ENGRAMIA_MAINTENANCE": "true" if settings.maintenance else "false",
+        },
+        secret_env=api_secrets,
+        health=HealthCheck(http_path=f"http://127.0.0.1:{API_PORT}/v1/version"),
+        replicas=settings.replicas("api"),
+        resources=_resources(settings, "api"),
+        depends_on=("postgres",),
+        volumes=(Volume("data", "/data", 5),),
+        user="1001",
+        tmpfs=("/tmp", "/app/tmp"),
+    )
+    caddy = ServiceSpec(
+        name="caddy",
+        image=image["caddy"],
+        port=EDGE_PORT,
+        command=("caddy", "reverse-proxy", "--from", f":{EDGE_PORT}", "--to", f"api:{API_PORT}"),
+        health=HealthCheck(
+            command=("wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{EDGE_PORT}/v1/version")
+        ),
+        exposure=Exposure.PUBLIC,
+        replicas=settings.replicas("caddy"),
+        resources=_resources(settings, "caddy"),
+        depends_on=("api",),
+        tmpfs=("/tmp", "/config", "/data"),
+    )
+    migration = MigrationSpec(
+        mode="command",
+        source_image=image["api"],
+        database=DatabaseRef("postgres", DB_NAME, DB_USER, db_password, image=image["postgres"]),
+        command=("alembic", "upgrade", "head"),
+        secret_env={"ENGRAMIA_DATABASE_URL": database_url},
+        keep_backups=settings.keep_backups,
+    )
+    return AppSpec(
+        name="engramia",
+        services=(postgres, api, caddy),
+        entry=PublicEntry("caddy", settings.public.address, settings.public.port),
+        migration=migration,
+        smoke=_smoke(secrets["apiKeys"], settings.maintenance),
+    )
