@@ -31,7 +31,7 @@ lint: venv
 	.venv/bin/ruff format --check .
 
 typecheck: venv
-	.venv/bin/mypy components __main__.py tests/unit
+	.venv/bin/mypy components __main__.py tests bench
 
 unit: venv
 	.venv/bin/pytest tests/unit -q $(PYTEST_ARGS)

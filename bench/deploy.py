@@ -53,7 +53,8 @@ STACK = "bench"
 PROJECT = "bench-compose"
 PULUMI_PORT = 18290
 COMPOSE_PORT = 18291
-OLLAMA_IMAGE = "appstack.local/ollama:double"
+from tests.e2e.stack import OLLAMA_IMAGE  # noqa: E402
+
 STEP_TIMEOUT_S = 900
 
 
@@ -125,15 +126,6 @@ def ensure_compose() -> dict[str, str]:
     version = docker("compose", "version", "--short", env=env)
     log(f"docker compose {version}")
     return env
-
-
-def start_ollama(network: str, name: str) -> None:
-    """Ollama's stand-in on its own network, as tests/e2e does."""
-    docker("rm", "-f", name, check=False)
-    docker("network", "rm", network, check=False)
-    docker("network", "create", network)
-    docker("run", "-d", "--name", name, "--network", network, "--network-alias", "ollama",
-           "--read-only", "--cap-drop", "ALL", OLLAMA_IMAGE)  # fmt: skip
 
 
 def stop_ollama(network: str, name: str) -> None:
@@ -360,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", choices=("compose", "pulumi"), help="run one side only")
     args = parser.parse_args(argv)
 
-    from tests.e2e.stack import Stack
+    from tests.e2e.stack import Stack, start_ollama
 
     tmp = Path(tempfile.mkdtemp(prefix="appstack-bench-"))
     logs = tmp / "logs"

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.stack import Stack, docker
-
-OLLAMA_IMAGE = "appstack.local/ollama:double"
+from tests.e2e.stack import Stack, docker, start_ollama
 
 
 def _require_engines() -> None:
@@ -23,15 +21,6 @@ def _require_engines() -> None:
     if missing:
         # Not a skip: the e2e suite is part of `make test`, which sets both up.
         pytest.fail("e2e needs " + " and ".join(missing) + ": run it through `make test`")
-
-
-def start_ollama(network: str, name: str) -> None:
-    """Ollama is outside the stack: a stand-in container on its own network, as in dev."""
-    docker("rm", "-f", name, check=False)
-    docker("network", "rm", network, check=False)
-    docker("network", "create", network)
-    docker("run", "-d", "--name", name, "--network", network, "--network-alias", "ollama",
-           "--read-only", "--cap-drop", "ALL", OLLAMA_IMAGE)  # fmt: skip
 
 
 def cleanup(stack: Stack, ollama: str) -> None:

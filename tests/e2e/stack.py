@@ -17,6 +17,7 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+OLLAMA_IMAGE = "appstack.local/ollama:double"
 COPY = ("__main__.py", "Pulumi.yaml", "Pulumi.dev.yaml", "components", "requirements.txt")
 
 
@@ -27,6 +28,15 @@ def docker(*args: str, check: bool = True) -> str:
         msg = f"docker {' '.join(args)} failed: {proc.stderr.strip()}"
         raise AssertionError(msg)
     return proc.stdout.strip()
+
+
+def start_ollama(network: str, name: str) -> None:
+    """Ollama is outside the stack: a stand-in container on its own network, as in dev."""
+    docker("rm", "-f", name, check=False)
+    docker("network", "rm", network, check=False)
+    docker("network", "create", network)
+    docker("run", "-d", "--name", name, "--network", network, "--network-alias", "ollama",
+           "--read-only", "--cap-drop", "ALL", OLLAMA_IMAGE)  # fmt: skip
 
 
 @dataclass

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from components.ops.stack import plaintext
-from tests.e2e.conftest import cleanup, start_ollama
-from tests.e2e.stack import ROOT, Result, Stack, wait_http
+from tests.e2e.conftest import cleanup
+from tests.e2e.stack import ROOT, Result, Stack, start_ollama, wait_http
 
 pytestmark = pytest.mark.e2e
 APPSTACK = [sys.executable, "-m", "components.ops.cli"]
