@@ -21,7 +21,7 @@ preview: venv
 	tools/env.sh bash -c 'pulumi stack select --create $(STACK) --non-interactive && pulumi preview --diff --stack $(STACK)'
 
 down: venv
-	tools/env.sh --no-images bash -c 'pulumi destroy --stack $(STACK) --yes --non-interactive --skip-preview'
+	tools/env.sh --no-images bash -c 'pulumi destroy --stack $(STACK) --yes --non-interactive --skip-preview --exclude-protected'
 
 system-deps:
 	tools/system-deps.sh

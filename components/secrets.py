@@ -18,6 +18,8 @@ def resolve(settings: Settings) -> dict[str, pulumi.Output[str]]:
         generated = GeneratedSecret(
             f"{settings.prefix}-{key}",
             GeneratedSecretArgs(length=GENERATED_LENGTH),
+            # A generated password unlocks the data in the volumes: kept exactly as long as they.
+            opts=pulumi.ResourceOptions(protect=settings.protect_volumes),
         )
         values[key] = pulumi.Output.secret(generated.value)
     return values

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from components.ops.stack import plaintext
-from tests.e2e.stack import Stack, docker, kill_engine_processes, wait_http
+from tests.e2e.stack import Stack, docker, kill_engine_processes, start_ollama, wait_http
 
 pytestmark = pytest.mark.e2e
 SERVICES = ("gateway", "catalog", "search", "worker")
@@ -221,3 +221,31 @@ def test_destroy_removes_containers_networks_and_unprotected_volumes(haven: Stac
     assert not [n for n in nets if n.startswith("e2e-haven-")]
     vols = docker("volume", "ls", "--format", "{{.Name}}").split()
     assert not [v for v in vols if v.startswith("e2e-haven-")], "dev volumes are not protected"
+
+
+def test_protected_volumes_survive_destroy_and_are_adopted_again(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from tests.e2e.conftest import cleanup
+
+    stack = Stack.create(
+        tmp_path_factory.mktemp("kept"), "kept", 18383, {"appstack:protectVolumes": "true"}
+    )
+    start_ollama(stack.ollama_network, "appstack-kept-ollama")
+    try:
+        stack.up()
+        stack.psql("insert into documents (title) values ('outlives destroy')")
+        plain = stack.pulumi("destroy", "--yes", "--skip-preview", "--stack", stack.name)
+        assert plain.code != 0 and "protected" in plain.text, "protect stops a plain destroy"
+        stack.pulumi(
+            "destroy", "--yes", "--skip-preview", "--exclude-protected", "--stack", stack.name,
+            check=True,
+        )  # fmt: skip
+        assert stack.containers() == {}
+        vols = docker("volume", "ls", "--format", "{{.Name}}").split()
+        assert {"kept-haven-postgres-pgdata", "kept-haven-backups"} <= set(vols)
+        stack.up()
+        assert "outlives destroy" in stack.psql("select title from documents")
+    finally:
+        stack.pulumi("state", "unprotect", "--all", "--yes", "--stack", stack.name)
+        cleanup(stack, "appstack-kept-ollama")

@@ -133,3 +133,10 @@ def test_digest_pinned_image_is_used_verbatim() -> None:
     program = run("dev", overrides=_images(gateway={**GW, "digest": DIGEST}))
     refs = {r.inputs["ref"] for r in program.of_type("pulumi-python:dynamic/docker:Image")}
     assert f"appstack.local/haven-gateway@{DIGEST}" in refs
+
+
+def test_generated_secrets_are_protected_with_the_volumes() -> None:
+    dev = run("dev", overrides={"appstack:protectVolumes": "true"})
+    secrets = dev.of_type("pulumi-python:dynamic/ops:GeneratedSecret")
+    assert secrets and all(s.protect for s in secrets)
+    assert not any(s.protect for s in run("dev").of_type("pulumi-python:dynamic/ops:GeneratedSecret"))
