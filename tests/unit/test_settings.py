@@ -139,4 +139,6 @@ def test_generated_secrets_are_protected_with_the_volumes() -> None:
     dev = run("dev", overrides={"appstack:protectVolumes": "true"})
     secrets = dev.of_type("pulumi-python:dynamic/ops:GeneratedSecret")
     assert secrets and all(s.protect for s in secrets)
-    assert not any(s.protect for s in run("dev").of_type("pulumi-python:dynamic/ops:GeneratedSecret"))
+    assert not any(
+        s.protect for s in run("dev").of_type("pulumi-python:dynamic/ops:GeneratedSecret")
+    )
