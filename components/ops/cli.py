@@ -31,6 +31,7 @@ from components.ops.stack import (
     pick,
     plaintext,
     resources,
+    stale_locks,
 )
 
 APPS_WITH_CHUNKS = ("haven",)
@@ -265,6 +266,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     """`pulumi up`; when its smoke tests fail, roll back to the last good entry."""
     stack = _stack(args)
+    for pid in stale_locks(_project(stack), args.stack):
+        say(f"releasing the lock of a killed update (pid {pid} is gone): `pulumi cancel`")
+        stack.run("cancel", "--yes")
     started = time.monotonic()
     proc = stack.run("up", "--yes", "--skip-preview", check=False)
     output = (proc.stdout or "") + (proc.stderr or "")

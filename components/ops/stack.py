@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -215,6 +216,27 @@ def history(project: str, stack: str) -> list[Entry]:
             )
         )
     return entries
+
+
+def stale_locks(project: str, stack: str) -> list[int]:
+    """Pids of this host's update locks whose process is gone (a killed ``pulumi up``)."""
+    folder = backend_dir() / ".pulumi" / "locks"
+    stale = []
+    for path in folder.glob(f"*/{project}/{stack}/*.json"):
+        try:
+            lock = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        pid = int(lock.get("pid") or 0)
+        if lock.get("hostname") != socket.gethostname() or pid <= 0:
+            continue  # another host's update: not ours to judge
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            stale.append(pid)
+        except PermissionError:
+            continue  # alive, another user's
+    return stale
 
 
 def pick(entries: Sequence[Entry], to: str) -> Entry:

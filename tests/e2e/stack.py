@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -122,6 +123,21 @@ class Stack:
             raise AssertionError(msg)
         return result
 
+    def appstack(self, *args: str) -> Result:
+        """Run the `appstack` CLI as an operator would, in the project directory."""
+        env = dict(self.env)
+        env["PYTHONPATH"] = str(ROOT)
+        proc = subprocess.run(
+            [sys.executable, "-m", "components.ops.cli", *args, "--stack", self.name],
+            cwd=self.workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            stdin=subprocess.DEVNULL,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
     def up(self, check: bool = True) -> Result:
         """``pulumi up`` without a prompt."""
         return self.pulumi("up", "--yes", "--skip-preview", "--stack", self.name, check=check)
@@ -176,7 +192,8 @@ class Stack:
         ids = docker("ps", "-aq", "--filter", f"label=appstack.stack={self.name}").split()
         if not ids:
             return {}
-        info = json.loads(docker("inspect", *ids))
+        # A container may go between `ps` and `inspect` (an update is running): skip it.
+        info = json.loads(docker("inspect", *ids, check=False) or "[]")
         return {c["Config"]["Labels"]["appstack.service"]: c for c in info}
 
     def url(self, path: str) -> str:

@@ -39,19 +39,8 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def appstack(stack: Stack, *args: str) -> Result:
-    """Run the `appstack` CLI as an operator would, in the project directory."""
-    env = dict(stack.env)
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run(
-        [*APPSTACK, *args, "--stack", stack.name],
-        cwd=stack.workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        stdin=subprocess.DEVNULL,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    """Run the `appstack` CLI on ``stack``."""
+    return stack.appstack(*args)
 
 
 def token(stack: Stack) -> str:
