@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 import pulumi
 
+from components.apps import common
+from components.apps.common import sized
 from components.settings import Settings
 from components.spec import (
     AppSpec,
@@ -21,7 +23,6 @@ from components.spec import (
     MigrationSpec,
     PublicEntry,
     Resources,
-    Role,
     ServiceSpec,
     SmokeCheck,
     SmokeSpec,
@@ -38,18 +39,11 @@ DEFAULT_RESOURCES = {
     "postgres": Resources(1024, 1.0),
     "caddy": Resources(128, 0.25),
 }
-DATASTORE_CAPS = ("CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER")
 OPTIONAL_ENV = {
     "openaiApiKey": "OPENAI_API_KEY",
     "stripeSecretKey": "STRIPE_SECRET_KEY",
     "stripeWebhookSecret": "STRIPE_WEBHOOK_SECRET",
 }
-
-
-def _resources(settings: Settings, name: str) -> Resources:
-    base = DEFAULT_RESOURCES[name]
-    override = settings.overrides[name]
-    return Resources(override.memory_mb or base.memory_mb, override.cpus or base.cpus)
 
 
 def _smoke(api_key: pulumi.Output[str], maintenance: bool) -> SmokeSpec:
@@ -92,23 +86,10 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         if key in secrets:
             api_secrets[env] = secrets[key]
 
-    postgres = ServiceSpec(
-        name="postgres",
-        image=image["postgres"],
-        role=Role.DATASTORE,
-        port=5432,
-        env={
-            "POSTGRES_USER": DB_USER,
-            "POSTGRES_DB": DB_NAME,
-            "PGDATA": "/var/lib/postgresql/data/pgdata",
-        },
-        secret_env={"POSTGRES_PASSWORD": db_password},
-        health=HealthCheck(command=("pg_isready", "-h", "127.0.0.1", "-U", DB_USER, "-d", DB_NAME)),
-        volumes=(Volume("pgdata", "/var/lib/postgresql/data", 10),),
-        resources=_resources(settings, "postgres"),
-        cap_add=DATASTORE_CAPS,
-        read_only_root=False,
-    )
+    postgres = common.postgres(
+        image["postgres"], DB_NAME, DB_USER, db_password,
+        sized(settings, DEFAULT_RESOURCES, "postgres"),
+    )  # fmt: skip
     api = ServiceSpec(
         name="api",
         image=image["api"],
@@ -125,7 +106,7 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         secret_env=api_secrets,
         health=HealthCheck(http_path=f"http://127.0.0.1:{API_PORT}/v1/version"),
         replicas=settings.replicas("api"),
-        resources=_resources(settings, "api"),
+        resources=sized(settings, DEFAULT_RESOURCES, "api"),
         depends_on=("postgres",),
         volumes=(Volume("data", "/data", 5),),
         user="1001",
@@ -141,7 +122,7 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         ),
         exposure=Exposure.PUBLIC,
         replicas=settings.replicas("caddy"),
-        resources=_resources(settings, "caddy"),
+        resources=sized(settings, DEFAULT_RESOURCES, "caddy"),
         depends_on=("api",),
         tmpfs=("/tmp", "/config", "/data"),
     )

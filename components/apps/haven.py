@@ -7,6 +7,8 @@ from dataclasses import replace
 
 import pulumi
 
+from components.apps import common
+from components.apps.common import DATASTORE_CAPS, sized
 from components.apps.maintenance import RESPONDER
 from components.settings import Settings
 from components.spec import (
@@ -38,9 +40,6 @@ DEFAULT_RESOURCES = {
     "qdrant": Resources(1024, 1.0),
     "minio": Resources(512, 0.5),
 }
-# The official entrypoints of postgres and minio start as root, fix volume ownership, then drop
-# to their own user: they keep only the capabilities that needs.
-DATASTORE_CAPS = ("CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER")
 # MinIO's image has `mc`; its entrypoint is replaced by `sh -c` for this one command.
 MAKE_BUCKET = (
     'mc alias set haven "http://minio:9000" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >/dev/null'
@@ -50,12 +49,6 @@ MAKE_BUCKET = (
 
 def _http_health(port: int, path: str = "/v1/healthz") -> HealthCheck:
     return HealthCheck(http_path=f"http://127.0.0.1:{port}{path}")
-
-
-def _resources(settings: Settings, name: str) -> Resources:
-    base = DEFAULT_RESOURCES[name]
-    override = settings.overrides[name]
-    return Resources(override.memory_mb or base.memory_mb, override.cpus or base.cpus)
 
 
 def _url(host: str, port: int) -> str:
@@ -110,24 +103,14 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
             image=image[name],
             port=PORTS.get(name),
             replicas=settings.replicas(name),
-            resources=_resources(settings, name),
+            resources=sized(settings, DEFAULT_RESOURCES, name),
             **kwargs,  # type: ignore[arg-type]
         )
 
-    postgres = svc(
-        "postgres",
-        role=Role.DATASTORE,
-        env={
-            "POSTGRES_USER": DB_USER,
-            "POSTGRES_DB": DB_NAME,
-            "PGDATA": "/var/lib/postgresql/data/pgdata",
-        },
-        secret_env={"POSTGRES_PASSWORD": db_password},
-        health=HealthCheck(command=("pg_isready", "-h", "127.0.0.1", "-U", DB_USER, "-d", DB_NAME)),
-        volumes=(Volume("pgdata", "/var/lib/postgresql/data", 10),),
-        cap_add=DATASTORE_CAPS,
-        read_only_root=False,
-    )
+    postgres = common.postgres(
+        image["postgres"], DB_NAME, DB_USER, db_password,
+        sized(settings, DEFAULT_RESOURCES, "postgres"),
+    )  # fmt: skip
     qdrant = svc(
         "qdrant",
         role=Role.DATASTORE,
