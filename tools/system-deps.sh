@@ -6,6 +6,7 @@ need=()
 [[ -x /usr/lib/postgresql/15/bin/postgres ]] || need+=(postgresql-15)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client-15)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+[[ -x /usr/sbin/sshd ]] || need+=(openssh-server)   # the ssh:// DOCKER_HOST e2e test
 if [[ ${#need[@]} -gt 0 ]]; then
   echo "appstack: installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
