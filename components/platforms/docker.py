@@ -17,9 +17,9 @@ import pulumi
 
 from components.platforms import PlatformArgs, rollout_order
 from components.providers import engine
-from components.providers.migration import Migration, MigrationArgs
+from components.providers.migration import Migration, migration_args
 from components.providers.runner import Target
-from components.providers.smoke import SmokeTest, SmokeTestArgs, smoke_inputs
+from components.providers.smoke import SmokeTest, smoke_args
 from components.providers.task import OneOffTask, OneOffTaskArgs
 from components.spec import Exposure, HealthCheck, Role, ServiceSpec
 
@@ -252,19 +252,11 @@ class DockerApp(pulumi.ComponentResource):
         source = next(s for s in self._app.services if s.image == spec.source_image)
         return Migration(
             f"{self._name}-migration",
-            MigrationArgs(
-                target=self._target().to_dict(),
-                mode=spec.mode,
-                source_image=self._images[source.name].image_id,
-                release=spec.source_image,
-                schema_path=spec.schema_path,
-                command=list(spec.command),
-                env=dict(spec.env),
-                secret_env=dict(spec.secret_env),
-                baseline=spec.baseline,
-                keep_backups=spec.keep_backups,
-                quiescent=[f"{self._prefix}-{q}" for q in spec.quiescent],
-                db_password=spec.database.password,
+            migration_args(
+                spec,
+                self._target(),
+                self._images[source.name].image_id,
+                [f"{self._prefix}-{q}" for q in spec.quiescent],
             ),
             opts=self._opts(
                 depends_on=[self.containers[spec.database.service], self._volumes[("backups", "")]]
@@ -275,15 +267,8 @@ class DockerApp(pulumi.ComponentResource):
         spec = self._app.smoke
         if spec is None:
             return None
-        checks, secrets = smoke_inputs(spec)
         return SmokeTest(
             f"{self._name}-smoke",
-            SmokeTestArgs(
-                base_url=self._entry_url(),
-                checks=checks,
-                secrets=secrets,
-                deadline_s=spec.deadline_s,
-                timeout_s=spec.timeout_s,
-            ),
+            smoke_args(spec, self._entry_url()),
             opts=self._opts(depends_on=list(after)),
         )

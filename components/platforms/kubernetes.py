@@ -27,9 +27,9 @@ import pulumi_kubernetes as k8s
 
 from components.platforms import PlatformArgs, rollout_order
 from components.providers.k8s_runner import TASK_LABEL, TASK_LABEL_VALUE
-from components.providers.migration import Migration, MigrationArgs
+from components.providers.migration import Migration, migration_args
 from components.providers.runner import Target
-from components.providers.smoke import SmokeTest, SmokeTestArgs, smoke_inputs
+from components.providers.smoke import SmokeTest, smoke_args
 from components.settings import NS, ConfigError
 from components.spec import AppSpec, HealthCheck, InitTask, Role, ServiceSpec
 
@@ -621,21 +621,8 @@ class KubernetesApp(pulumi.ComponentResource):
             return None
         return Migration(
             f"{self._name}-migration",
-            MigrationArgs(
-                target=self._target().to_dict(),
-                mode=spec.mode,
-                source_image=spec.source_image,
-                release=spec.source_image,
-                schema_path=spec.schema_path,
-                command=list(spec.command),
-                env=dict(spec.env),
-                secret_env=dict(spec.secret_env),
-                baseline=spec.baseline,
-                keep_backups=spec.keep_backups,
-                # Deployment names: the runner scales them to 0 and back.
-                quiescent=list(spec.quiescent),
-                db_password=spec.database.password,
-            ),
+            # Quiescent names are Deployment names: the runner scales them to 0 and back.
+            migration_args(spec, self._target(), spec.source_image, spec.quiescent),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[
@@ -671,15 +658,8 @@ class KubernetesApp(pulumi.ComponentResource):
         spec = self._app.smoke
         if spec is None:
             return None
-        checks, secrets = smoke_inputs(spec)
         return SmokeTest(
             f"{self._name}-smoke",
-            SmokeTestArgs(
-                base_url=self._entry_url(),
-                checks=checks,
-                secrets=secrets,
-                deadline_s=spec.deadline_s,
-                timeout_s=spec.timeout_s,
-            ),
+            smoke_args(spec, self._entry_url()),
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)),
         )

@@ -32,6 +32,7 @@ from components.providers.postgres import (
     take_backup,
 )
 from components.providers.runner import Runner, Target, Task, TaskError, runner_for
+from components.spec import MigrationSpec
 
 MODES = ("sql-dir", "command")
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
@@ -329,6 +330,33 @@ class MigrationArgs:
     release: pulumi.Input[str] = ""
     connect_deadline_s: float = 30.0
     task_timeout_s: float = 1800.0
+
+
+def migration_args(
+    spec: MigrationSpec,
+    target: Target,
+    source_image: pulumi.Input[str],
+    quiescent: Sequence[str],
+) -> MigrationArgs:
+    """A ``Migration``'s inputs for an app's ``MigrationSpec`` on one platform's target.
+
+    ``source_image`` is what decides a re-run (the resolved image ID where the platform has one);
+    ``quiescent`` names the platform's objects for the spec's quiescent services.
+    """
+    return MigrationArgs(
+        target=target.to_dict(),
+        mode=spec.mode,
+        source_image=source_image,
+        release=spec.source_image,
+        schema_path=spec.schema_path,
+        command=list(spec.command),
+        env=dict(spec.env),
+        secret_env=dict(spec.secret_env),
+        baseline=spec.baseline,
+        keep_backups=spec.keep_backups,
+        quiescent=list(quiescent),
+        db_password=spec.database.password,
+    )
 
 
 class Migration(Resource, module="ops", name="Migration"):

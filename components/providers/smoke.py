@@ -282,6 +282,18 @@ class SmokeTestArgs:
     timeout_s: float = 5.0
 
 
+def smoke_args(spec: SmokeSpec, base_url: pulumi.Input[str]) -> SmokeTestArgs:
+    """A ``SmokeTest``'s inputs for an app's ``SmokeSpec`` against its public entry point."""
+    checks, secrets = smoke_inputs(spec)
+    return SmokeTestArgs(
+        base_url=base_url,
+        checks=checks,
+        secrets=secrets,
+        deadline_s=spec.deadline_s,
+        timeout_s=spec.timeout_s,
+    )
+
+
 class SmokeTest(Resource, module="ops", name="SmokeTest"):
     """Smoke checks against the public entry point, run on every ``pulumi up``."""
 
