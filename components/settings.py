@@ -49,9 +49,12 @@ ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # The images and secrets each app needs; secrets are config keys under the `appstack` namespace.
 APP_IMAGES: dict[str, tuple[str, ...]] = {
-    "haven": ("gateway", "catalog", "search", "worker", "postgres", "qdrant", "minio"),
+    "haven": ("gateway", "catalog", "search", "worker", "postgres", "qdrant", "minio", "caddy"),
     "engramia": ("api", "postgres", "caddy"),
 }
+TLS_MODES = ("off", "internal", "acme", "certificate")
+# The edge's certificate and key when `public.tls` is `certificate` (PEM, `--secret`).
+TLS_SECRETS = ("tlsCertificate", "tlsKey")
 APP_SECRETS: dict[str, tuple[str, ...]] = {
     "haven": (
         "authToken",
@@ -66,8 +69,8 @@ APP_SECRETS: dict[str, tuple[str, ...]] = {
 }
 # Secrets an app reads when present and runs without (never generated).
 APP_OPTIONAL_SECRETS: dict[str, tuple[str, ...]] = {
-    "haven": (),
-    "engramia": ("openaiApiKey", "stripeSecretKey", "stripeWebhookSecret"),
+    "haven": TLS_SECRETS,
+    "engramia": ("openaiApiKey", "stripeSecretKey", "stripeWebhookSecret", *TLS_SECRETS),
 }
 
 _REGISTRY = re.compile(
@@ -112,6 +115,12 @@ class PublicEndpoint:
     address: str
     port: int
     tls_port: int | None = None
+    """With TLS on: HTTPS is published here and ``port`` only redirects to it."""
+    tls: str = "off"
+    """off | internal (the edge's own CA) | acme | certificate (``tlsCertificate``/``tlsKey``)."""
+    host: str | None = None
+    """The DNS name clients use: the certificate's name (``localhost`` when TLS is internal)."""
+    acme_email: str | None = None
 
 
 @dataclass(frozen=True)
@@ -304,7 +313,7 @@ def _check_image(
 
 def _parse_public(r: _Reader, defaults: Mapping[str, Any]) -> PublicEndpoint:
     raw = {**defaults, **(r.obj("public", {}) or {})}
-    unknown = set(raw) - {"address", "port", "tlsPort"}
+    unknown = set(raw) - {"address", "port", "tlsPort", "tls", "host", "acmeEmail"}
     if unknown:
         r.fail("public", f"unknown fields {sorted(unknown)}")
     address = str(raw.get("address"))
@@ -318,7 +327,44 @@ def _parse_public(r: _Reader, defaults: Mapping[str, Any]) -> PublicEndpoint:
         tls_port = r.int_("public.tlsPort", raw.get("tlsPort"), 1, 65535)
         if tls_port is not None and tls_port == port:
             r.fail("public.tlsPort", f"{tls_port} is already used by appstack:public.port")
-    return PublicEndpoint(address, port, tls_port)
+    tls = str(raw.get("tls", "off"))
+    if tls not in TLS_MODES:
+        r.fail("public.tls", f"{tls!r} is not one of {', '.join(TLS_MODES)}")
+        tls = "off"
+    host = raw.get("host")
+    if host is not None and not _DNS_NAME.match(str(host)):
+        r.fail("public.host", f"{host!r} is not a DNS name")
+    if tls == "acme" and host is None:
+        r.fail("public.host", "is required with public.tls acme: the name ACME certifies")
+    email = raw.get("acmeEmail")
+    if tls == "acme" and not email:
+        r.fail("public.acmeEmail", "is required with public.tls acme")
+    elif email is not None and "@" not in str(email):
+        r.fail("public.acmeEmail", f"{email!r} is not an e-mail address")
+    if tls == "off" and tls_port is not None:
+        r.fail("public.tlsPort", "is set but public.tls is off")
+    if tls != "off" and host is None:
+        host = "localhost"
+    return PublicEndpoint(
+        address, port, tls_port, tls, str(host) if host else None, str(email) if email else None
+    )
+
+
+def _check_platform_limits(r: _Reader, settings: Settings) -> None:
+    """What the chosen platform cannot do, named by key before anything is deployed."""
+    if settings.public.tls == "certificate":
+        for key in TLS_SECRETS:
+            if key not in settings.secrets:
+                r.fail(key, "is required with public.tls certificate (PEM, set with --secret)")
+    if settings.platform != "docker":
+        return
+    for name, override in settings.overrides.items():
+        if override.replicas > 1:
+            r.fail(
+                f"services.{name}.replicas",
+                f"{override.replicas}: the Docker platform runs one container per service "
+                "(its releases overlap instead); use the kubernetes platform to scale out",
+            )
 
 
 def _parse_overrides(r: _Reader, app: str, default_replicas: int) -> dict[str, ServiceOverrides]:
@@ -563,6 +609,7 @@ def load(
         missing_secrets=missing,
         kubernetes=_parse_kubernetes(r, stack, app) if platform == "kubernetes" else None,
     )
+    _check_platform_limits(r, settings)
     if check_extra is not None:
         r.errors.extend(check_extra(settings))
     if r.errors:

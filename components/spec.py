@@ -84,9 +84,6 @@ class ServiceSpec:
     """Capabilities kept after dropping ALL (a data store's entrypoint may need CHOWN/SETUID)."""
     read_only_root: bool = True
     tmpfs: tuple[str, ...] = ("/tmp",)
-    stands_in: bool = False
-    """Exists only in a mode (maintenance) and yields its published port back to the service it
-    stands in for when that mode ends."""
     needs_egress: bool = False
     """Needs a route out of the internal network (Haven's search and worker reach Ollama)."""
     egress_hosts: tuple[str, ...] = ()
@@ -102,6 +99,40 @@ class ServiceSpec:
             raise ValueError(msg)
 
 
+class TlsMode(str, Enum):
+    """How the edge terminates TLS: not at all, its own CA, ACME, or a certificate from secrets."""
+
+    OFF = "off"
+    INTERNAL = "internal"
+    ACME = "acme"
+    CERTIFICATE = "certificate"
+
+
+@dataclass(frozen=True)
+class EdgeSpec:
+    """The edge proxy (Caddy) in front of the public service: the only published entry.
+
+    It switches to a new release of its upstream only once that release answers its health path,
+    and holds the maintenance switch for apps that have none of their own.
+    """
+
+    image: pulumi.Input[str]
+    upstream: str
+    upstream_port: int
+    health_path: str
+    health_status: int = 200
+    """What the upstream's health path answers an anonymous probe (Engramia: 401, DESIGN.md)."""
+    maintenance: bool = False
+    """Answer 503 with ``Retry-After`` at the edge for every path but ``pass_through``."""
+    pass_through: tuple[str, ...] = ()
+    tls: TlsMode = TlsMode.OFF
+    host: str = "localhost"
+    acme_email: str | None = None
+    certificate: pulumi.Output[str] | None = None
+    private_key: pulumi.Output[str] | None = None
+    resources: Resources = field(default_factory=lambda: Resources(128, 0.25))
+
+
 @dataclass(frozen=True)
 class PublicEntry:
     """Where the public service is published: bind address and host port (Docker), host (k8s)."""
@@ -110,6 +141,8 @@ class PublicEntry:
     address: str
     port: int
     scheme: str = "http"
+    host: str | None = None
+    """The name clients use (TLS): the entry URL names it instead of the bind address."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +234,7 @@ class AppSpec:
     smoke: SmokeSpec | None = None
     init_tasks: tuple[InitTask, ...] = ()
     outputs: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    edge: EdgeSpec | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.services]
@@ -215,6 +249,9 @@ class AppSpec:
         public = [s.name for s in self.services if s.exposure is Exposure.PUBLIC]
         if public != [self.entry.service]:
             msg = f"app {self.name!r}: exactly {self.entry.service!r} must be public, got {public}"
+            raise ValueError(msg)
+        if self.edge is not None and self.edge.upstream != self.entry.service:
+            msg = f"app {self.name!r}: the edge must front {self.entry.service!r}"
             raise ValueError(msg)
         for task in self.init_tasks:
             unknown = set(task.after) - set(names)

@@ -29,6 +29,7 @@ HAVEN_SERVICES=(gateway catalog search worker)
 POSTGRES_REF=appstack.local/postgres-pgvector:17
 QDRANT_REF=appstack.local/qdrant:1.12-double
 OLLAMA_REF=appstack.local/ollama:double
+CADDY_REF=appstack.local/caddy:2
 # Real MinIO server, built from the Go module proxy (a pinned pseudo-version of master).
 MINIO_MODULE=github.com/minio/minio
 MINIO_VERSION="${APPSTACK_MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"
@@ -148,6 +149,10 @@ build_ollama() {
   docker_build "$OLLAMA_REF" "$IMG_DIR/ollama-double"
 }
 
+build_caddy() {
+  docker_build "$CADDY_REF" "$IMG_DIR/caddy"
+}
+
 haven_schema_files() { # tag -> relative schema paths from the manifest
   awk -v t="$1" '!/^#/ && NF>=2 && $1==t { for (i=2;i<=NF;i++) print $i }' "$APP_DIR/schema/MANIFEST"
 }
@@ -250,9 +255,10 @@ all_refs() {
   echo "$QDRANT_REF"
   echo "$MINIO_REF"
   echo "$OLLAMA_REF"
+  echo "$CADDY_REF"
 }
 
-names() { echo base postgres haven qdrant minio ollama; for t in "${HAVEN_TAGS[@]}"; do echo "haven:$t"; done; }
+names() { echo base postgres haven qdrant minio ollama caddy; for t in "${HAVEN_TAGS[@]}"; do echo "haven:$t"; done; }
 
 build_one() {
   case "$1" in
@@ -260,6 +266,7 @@ build_one() {
     postgres|postgres-pgvector) build_postgres ;;
     qdrant) build_qdrant ;;
     ollama) build_ollama ;;
+    caddy) build_caddy ;;
     minio) build_minio ;;
     haven) local t; for t in "${HAVEN_TAGS[@]}"; do build_haven "$t"; done ;;
     haven:*) build_haven "${1#haven:}" ;;
@@ -269,7 +276,7 @@ build_one() {
 
 cmd_build() {
   [ $# -gt 0 ] || set -- all
-  if [ "$1" = all ]; then set -- postgres haven qdrant ollama minio; fi
+  if [ "$1" = all ]; then set -- postgres haven qdrant ollama caddy minio; fi
   step "check Docker engine"
   if ! "$DOCKER" info >/dev/null 2>&1 && [ -z "${DOCKER_HOST:-}" ]; then
     # fall back to the private engine of tools/docker-engine.sh when it runs

@@ -1,4 +1,4 @@
-"""Pieces both apps' topologies share: Postgres with pgvector, data-store capabilities, sizing."""
+"""Pieces both apps' topologies share: Postgres with pgvector, the edge, capabilities, sizing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ from collections.abc import Mapping
 import pulumi
 
 from components.settings import Settings
-from components.spec import HealthCheck, Resources, Role, ServiceSpec, Volume
+from components.spec import (
+    EdgeSpec,
+    HealthCheck,
+    PublicEntry,
+    Resources,
+    Role,
+    ServiceSpec,
+    TlsMode,
+    Volume,
+)
 
 # The official entrypoints of postgres and minio start as root, fix volume ownership, then drop
 # to their own user: they keep only the capabilities that needs.
@@ -44,3 +53,45 @@ def postgres(
         cap_add=DATASTORE_CAPS,
         read_only_root=False,
     )
+
+
+def edge(
+    settings: Settings,
+    secrets: Mapping[str, pulumi.Output[str]],
+    upstream: ServiceSpec,
+    health: tuple[str, int],
+    maintenance_pass: tuple[str, ...] | None = None,
+) -> tuple[EdgeSpec, PublicEntry]:
+    """The edge (Caddy, ``images.caddy``) in front of ``upstream``, and where it is published.
+
+    ``health`` is the upstream's path and the status it answers an anonymous probe; the edge
+    switches to a new release only once it does. ``maintenance_pass``, for an app without a
+    maintenance switch of its own, makes the edge answer 503 for every other path while
+    ``appstack:maintenance`` is on.
+    """
+    public = settings.public
+    tls = TlsMode(public.tls)
+    spec = EdgeSpec(
+        image=settings.images["caddy"].ref,
+        upstream=upstream.name,
+        upstream_port=upstream.port or 0,
+        health_path=health[0],
+        health_status=health[1],
+        maintenance=settings.maintenance and maintenance_pass is not None,
+        pass_through=maintenance_pass or (),
+        tls=tls,
+        host=public.host or "localhost",
+        acme_email=public.acme_email,
+        certificate=secrets.get("tlsCertificate"),
+        private_key=secrets.get("tlsKey"),
+        resources=sized(settings, {"caddy": Resources(128, 0.25)}, "caddy"),
+    )
+    https = tls is not TlsMode.OFF
+    entry = PublicEntry(
+        upstream.name,
+        public.address,
+        (public.tls_port or public.port) if https else public.port,
+        scheme="https" if https else "http",
+        host=public.host if https else None,
+    )
+    return spec, entry

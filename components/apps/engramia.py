@@ -21,19 +21,15 @@ from components.spec import (
     Exposure,
     HealthCheck,
     MigrationSpec,
-    PublicEntry,
     Resources,
     ServiceSpec,
     SmokeCheck,
     SmokeSpec,
-    Volume,
 )
 
 DB_NAME = "engramia"
 DB_USER = "engramia"
 API_PORT = 8000
-# Caddy listens on an unprivileged port inside its container; the platform publishes it.
-EDGE_PORT = 8080
 DEFAULT_RESOURCES = {
     "api": Resources(512, 1.0),
     "postgres": Resources(1024, 1.0),
@@ -107,24 +103,12 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         health=HealthCheck(http_path=f"http://127.0.0.1:{API_PORT}/v1/version"),
         replicas=settings.replicas("api"),
         resources=sized(settings, DEFAULT_RESOURCES, "api"),
-        depends_on=("postgres",),
-        volumes=(Volume("data", "/data", 5),),
-        user="1001",
-        tmpfs=("/tmp", "/app/tmp"),
-    )
-    caddy = ServiceSpec(
-        name="caddy",
-        image=image["caddy"],
-        port=EDGE_PORT,
-        command=("caddy", "reverse-proxy", "--from", f":{EDGE_PORT}", "--to", f"api:{API_PORT}"),
-        health=HealthCheck(
-            command=("wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{EDGE_PORT}/v1/version")
-        ),
         exposure=Exposure.PUBLIC,
-        replicas=settings.replicas("caddy"),
-        resources=sized(settings, DEFAULT_RESOURCES, "caddy"),
-        depends_on=("api",),
-        tmpfs=("/tmp", "/config", "/data"),
+        depends_on=("postgres",),
+        user="1001",
+        # With postgres storage the API keeps no state on disk (DESIGN.md): /data needs no volume,
+        # so releases can overlap (create-before-delete) and replicas share nothing.
+        tmpfs=("/tmp", "/app/tmp", "/data"),
     )
     migration = MigrationSpec(
         mode="command",
@@ -134,10 +118,14 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         secret_env={"ENGRAMIA_DATABASE_URL": database_url},
         keep_backups=settings.keep_backups,
     )
+    # Engramia has its own maintenance switch: the edge only proxies. `/v1/health` answers an
+    # anonymous probe 401 in and out of maintenance, which proves the process serves.
+    edge, entry = common.edge(settings, secrets, api, ("/v1/health", 401))
     return AppSpec(
         name="engramia",
-        services=(postgres, api, caddy),
-        entry=PublicEntry("caddy", settings.public.address, settings.public.port),
+        services=(postgres, api),
+        entry=entry,
+        edge=edge,
         migration=migration,
         smoke=_smoke(secrets["apiKeys"], settings.maintenance),
     )

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 import pulumi
 
 from components.apps import common
 from components.apps.common import DATASTORE_CAPS, sized
-from components.apps.maintenance import RESPONDER
 from components.settings import Settings
 from components.spec import (
     AppSpec,
@@ -18,7 +16,6 @@ from components.spec import (
     HealthCheck,
     InitTask,
     MigrationSpec,
-    PublicEntry,
     Resources,
     Role,
     ServiceSpec,
@@ -39,6 +36,7 @@ DEFAULT_RESOURCES = {
     "postgres": Resources(1024, 1.0),
     "qdrant": Resources(1024, 1.0),
     "minio": Resources(512, 0.5),
+    "caddy": Resources(128, 0.25),
 }
 # MinIO's image has `mc`; its entrypoint is replaced by `sh -c` for this one command.
 MAKE_BUCKET = (
@@ -47,40 +45,15 @@ MAKE_BUCKET = (
 )
 
 
-def _http_health(port: int, path: str = "/v1/healthz") -> HealthCheck:
+HEALTH_PATH = "/v1/healthz"
+
+
+def _http_health(port: int, path: str = HEALTH_PATH) -> HealthCheck:
     return HealthCheck(http_path=f"http://127.0.0.1:{port}{path}")
 
 
 def _url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
-
-
-def _maintenance(
-    services: tuple[ServiceSpec, ...], entry: PublicEntry, auth: pulumi.Output[str]
-) -> tuple[tuple[ServiceSpec, ...], PublicEntry, SmokeSpec]:
-    """Haven's gateway has no maintenance switch: a responder takes over the public port."""
-    gateway = next(s for s in services if s.name == "gateway")
-    internal = replace(gateway, exposure=Exposure.INTERNAL)
-    responder = ServiceSpec(
-        name="maintenance",
-        image=gateway.image,
-        port=PORTS["gateway"],
-        command=("python3", "-c", RESPONDER),
-        env={"MAINTENANCE_UPSTREAM": _url("gateway", PORTS["gateway"])},
-        health=_http_health(PORTS["gateway"]),
-        exposure=Exposure.PUBLIC,
-        resources=Resources(64, 0.2),
-        depends_on=("gateway",),
-        stands_in=True,
-    )
-    rest = tuple(internal if s.name == "gateway" else s for s in services)
-    smoke = SmokeSpec(
-        checks=(
-            SmokeCheck("gateway-health", "/v1/healthz", 200, expect_json={"status": "ok"}),
-            SmokeCheck("maintenance", "/v1/search?q=hello", 503, bearer=auth),
-        )
-    )
-    return (*rest, responder), replace(entry, service="maintenance"), smoke
 
 
 def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppSpec:
@@ -234,9 +207,15 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         },
     )
     services: tuple[ServiceSpec, ...] = (postgres, qdrant, minio, catalog, search, gateway, worker)
-    entry = PublicEntry("gateway", settings.public.address, settings.public.port)
-    if settings.maintenance:
-        services, entry, smoke = _maintenance(services, entry, auth)
+    # Haven has no maintenance switch: the edge answers 503 for everything but health.
+    edge, entry = common.edge(settings, secrets, gateway, (HEALTH_PATH, 200), (HEALTH_PATH,))
+    if edge.maintenance:
+        smoke = SmokeSpec(
+            checks=(
+                SmokeCheck("gateway-health", HEALTH_PATH, 200, expect_json={"status": "ok"}),
+                SmokeCheck("maintenance", "/v1/search?q=hello", 503, bearer=auth),
+            )
+        )
     return AppSpec(
         name="haven",
         services=services,
@@ -245,4 +224,5 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         smoke=smoke,
         init_tasks=(bucket,),
         outputs={"hostAgentSecret": secrets["hostAgentSecret"]},
+        edge=edge,
     )

@@ -1,11 +1,12 @@
 """The Docker platform: one engine (local, or remote through ``DOCKER_HOST``/``dockerHost``).
 
 Layout: an ``internal`` network (no route out, nothing published) that every workload joins under
-its service name; an ``edge`` network that only the public service joins to publish its port on the
-configured address; an ``egress`` network for services that must reach Ollama. Data stores keep
-their data in named volumes. Rollout follows DESIGN.md: data stores (health-gated, in parallel),
-init tasks, backup + migration, then services in dependency order, then the smoke test.
-Engine objects are appstack's own dynamic resources (``components/providers/engine.py``).
+its service name; an ``edge`` network that only the edge proxy (Caddy, the one published port) and
+the public service it fronts join; an ``egress`` network for services that must reach Ollama. Data
+stores keep their data in named volumes. Rollout follows DESIGN.md: data stores (health-gated, in
+parallel), init tasks, backup + migration, then services in dependency order, the edge's switch to
+the new public release, then the smoke test. No release deletes its predecessor first (see
+``components/providers/container.py``). Engine objects are appstack's own dynamic resources.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from typing import Any
 
 import pulumi
 
+from components import edge
 from components.platforms import PlatformArgs, rollout_order
 from components.providers import engine
+from components.providers.edge import EdgeRoute, EdgeRouteArgs
 from components.providers.migration import Migration, migration_args
 from components.providers.runner import Target
 from components.providers.smoke import SmokeTest, smoke_args
 from components.providers.task import OneOffTask, OneOffTaskArgs
-from components.spec import Exposure, HealthCheck, Role, ServiceSpec
+from components.spec import EdgeSpec, Exposure, HealthCheck, Role, ServiceSpec, TlsMode
 
 TYPE = "appstack:platforms:DockerApp"
 # Health probes of HTTP services run inside their own image, which has Python (Haven's images do).
@@ -35,6 +38,19 @@ def health_test(check: HealthCheck) -> list[str]:
     return ["CMD", *check.command]
 
 
+def rollout(svc: ServiceSpec) -> str:
+    """How a release of ``svc`` overlaps the running one.
+
+    Stateless services start first: the old one serves until the new one is healthy. A data store
+    stops first (two servers on one volume would corrupt it), and so does a worker: two releases
+    claiming the same queue at once could process a job with old and new code, so the old one
+    stops (finishing its batch within the grace period) and is started again if the new one fails.
+    """
+    if svc.role in (Role.DATASTORE, Role.WORKER) or svc.volumes:
+        return "stop-first"
+    return "start-first"
+
+
 class DockerApp(pulumi.ComponentResource):
     """An ``AppSpec`` deployed to one Docker engine."""
 
@@ -43,6 +59,7 @@ class DockerApp(pulumi.ComponentResource):
     networks: pulumi.Output[Mapping[str, str]]
     containers: dict[str, engine.Container]
     migration: Migration | None
+    route: EdgeRoute | None
     smoke: SmokeTest | None
 
     def __init__(
@@ -66,7 +83,9 @@ class DockerApp(pulumi.ComponentResource):
         gate: list[pulumi.Resource] = [self.migration] if self.migration else []
         for svc in (s for s in order if s.role is not Role.DATASTORE):
             self.containers[svc.name] = self._create_container(svc, gate)
-        self.smoke = self._create_smoke([*self.containers.values(), *tasks])
+        self.route = self._create_edge(self._app.edge) if self._app.edge else None
+        after = [*self.containers.values(), *tasks, *([self.route] if self.route else [])]
+        self.smoke = self._create_smoke(after)
 
         self.public_url = pulumi.Output.from_input(self._entry_url())
         refs: dict[str, pulumi.Input[str]] = {s.name: s.image for s in self._app.services}
@@ -88,7 +107,7 @@ class DockerApp(pulumi.ComponentResource):
     def _entry_url(self) -> str:
         entry = self._app.entry
         host = "127.0.0.1" if entry.address in ("0.0.0.0", "::") else entry.address
-        return f"{entry.scheme}://{host}:{entry.port}"
+        return f"{entry.scheme}://{entry.host or host}:{entry.port}"
 
     def _create_networks(self) -> None:
         def network(suffix: str, internal: bool = False) -> engine.Network:
@@ -154,10 +173,6 @@ class DockerApp(pulumi.ComponentResource):
         self, svc: ServiceSpec, gate: Sequence[pulumi.Resource]
     ) -> engine.Container:
         after = [self.containers[d] for d in svc.depends_on] + list(gate)
-        ports = []
-        if svc.exposure is Exposure.PUBLIC and svc.port:
-            entry = self._app.entry
-            ports.append({"internal": svc.port, "external": entry.port, "ip": entry.address})
         health = None
         if svc.health:
             h = svc.health
@@ -183,7 +198,7 @@ class DockerApp(pulumi.ComponentResource):
             "env": {**svc.env, **svc.secret_env},
             "user": svc.user,
             "networks": self._networks_for(svc),
-            "ports": ports,
+            "ports": [],
             "healthcheck": health,
             "restart": "unless-stopped",
             "memory_mb": svc.resources.memory_mb,
@@ -193,20 +208,93 @@ class DockerApp(pulumi.ComponentResource):
             "security_opt": ["no-new-privileges:true"],
             "cap_add": list(svc.cap_add),
             "mounts": mounts,
-            "labels": {
-                **self._labels(svc.name),
-                **({engine.STANDS_IN_LABEL: "true"} if svc.stands_in else {}),
-            },
+            "labels": self._labels(svc.name),
             "extra_hosts": extra_hosts,
             "stop_timeout_s": 30,
             "docker_host": self._host,
+            "rollout": rollout(svc),
             "wait_timeout_s": 180,
+            "grace_s": 10,
         }
         if svc.secret_env:
             props["env"] = pulumi.Output.secret(props["env"])
-        # Health-gated creation: the provider returns only once the container is healthy.
+        # Health-gated creation beside the running release; the old one goes at the end.
         return engine.Container(
             f"{self._name}-{svc.name}", props, opts=self._opts(depends_on=after)
+        )
+
+    def _create_edge(self, spec: EdgeSpec) -> EdgeRoute:
+        """Caddy on the published port(s), and its route to the public service's release."""
+        entry = self._app.entry
+        listen = edge.listens(spec, redirect=self._settings.public.tls_port is not None)
+        https_port = self._settings.public.tls_port or entry.port
+        ports = []
+        if listen.https:
+            ports.append({"internal": edge.HTTPS_PORT, "external": https_port, "ip": entry.address})
+        if listen.http:
+            ports.append({"internal": edge.HTTP_PORT, "external": entry.port, "ip": entry.address})
+        volume = engine.Volume(
+            f"{self._name}-caddy-data",
+            volume_name=f"{self._prefix}-caddy-data",
+            labels=self._labels("caddy"),
+            docker_host=self._host,
+            # Its CA and certificates are keys clients trust: kept like the app's data.
+            opts=self._opts(protect=self._settings.protect_volumes,
+                            retain_on_delete=self._settings.protect_volumes),
+        )  # fmt: skip
+        image = engine.Image(f"{self._name}-caddy-image", spec.image, self._host, opts=self._opts())
+        self._images["caddy"] = image
+        props: dict[str, Any] = {
+            "name": f"{self._prefix}-caddy",
+            "image": spec.image,
+            "image_id": image.image_id,
+            "command": list(edge.COMMAND),
+            "env": dict(edge.ENV),
+            "user": None,
+            "networks": [{"name": self.edge.name, "aliases": ["caddy"]}],
+            "ports": ports,
+            "healthcheck": {"test": ["CMD", *edge.HEALTH], "interval_s": 5, "timeout_s": 3,
+                            "retries": 3, "start_period_s": 2},
+            "restart": "unless-stopped",
+            "memory_mb": spec.resources.memory_mb,
+            "cpus": spec.resources.cpus,
+            "read_only": True,
+            "tmpfs": {"/tmp": "rw,nosuid,nodev,size=16m"},
+            "security_opt": ["no-new-privileges:true"],
+            "cap_add": [],
+            "mounts": [{"source": volume.name, "target": edge.DATA_DIR}],
+            "labels": self._labels("caddy"),
+            "extra_hosts": {},
+            "stop_timeout_s": 10,
+            "docker_host": self._host,
+            # One host port cannot be bound twice: the old edge stops, and starts again if the
+            # new one fails. Its configuration rides on the volume, so the new one resumes it.
+            "rollout": "stop-first",
+            "wait_timeout_s": 60,
+            "grace_s": 2,
+        }  # fmt: skip
+        caddy = engine.Container(f"{self._name}-caddy", props, opts=self._opts())
+        self.containers["caddy"] = caddy
+        upstream = self.containers[spec.upstream]
+        target = pulumi.Output.concat(upstream.container_name, ":", str(spec.upstream_port))
+        redirect = self._settings.public.tls_port if listen.http and listen.https else None
+        caddyfile = target.apply(lambda t: edge.caddyfile(spec, t, redirect_port=redirect))
+        files: dict[str, pulumi.Output[str]] = {}
+        if spec.tls is TlsMode.CERTIFICATE and spec.certificate and spec.private_key:
+            files = {edge.CERT_FILE: spec.certificate, edge.KEY_FILE: spec.private_key}
+        return EdgeRoute(
+            f"{self._name}-edge-route",
+            EdgeRouteArgs(
+                container_id=caddy.container_id,
+                upstream=target,
+                health_path=spec.health_path,
+                health_status=spec.health_status,
+                caddyfile=caddyfile,
+                files=files,
+                internal_ca=spec.tls is TlsMode.INTERNAL,
+                docker_host=self._host,
+            ),
+            opts=self._opts(depends_on=[caddy, upstream]),
         )
 
     def _target(self) -> Target:
@@ -267,8 +355,9 @@ class DockerApp(pulumi.ComponentResource):
         spec = self._app.smoke
         if spec is None:
             return None
+        ca = self.route.ca_pem if self.route else ""
         return SmokeTest(
             f"{self._name}-smoke",
-            smoke_args(spec, self._entry_url()),
+            smoke_args(spec, self._entry_url(), ca),
             opts=self._opts(depends_on=list(after)),
         )

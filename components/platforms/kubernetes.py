@@ -20,18 +20,20 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components import edge
 from components.platforms import PlatformArgs, rollout_order
 from components.providers.k8s_runner import TASK_LABEL, TASK_LABEL_VALUE
 from components.providers.migration import Migration, migration_args
 from components.providers.runner import Target
 from components.providers.smoke import SmokeTest, smoke_args
 from components.settings import NS, ConfigError
-from components.spec import AppSpec, HealthCheck, InitTask, Role, ServiceSpec
+from components.spec import AppSpec, Exposure, HealthCheck, InitTask, Role, ServiceSpec
 
 TYPE = "appstack:platforms:KubernetesApp"
 NAME_LABEL = "app.kubernetes.io/name"
@@ -48,6 +50,52 @@ RENDER_NOTE = (
 )
 _ENV_HOST = r"(?<![A-Za-z0-9.-]){name}(?=:[0-9]+|/|$)"
 _CLUSTER_HOST = re.compile(r"^([a-z0-9-]+)\.([a-z0-9-]+)\.svc(?:\.cluster\.local)?\.?$")
+
+
+# The pod's root is read-only: Caddy writes its file, config and data under the /tmp emptyDir.
+EDGE_COMMAND = (
+    "sh",
+    "-c",
+    'printf "%s" "$CADDYFILE" > /tmp/Caddyfile'
+    " && exec caddy run --config /tmp/Caddyfile --adapter caddyfile",
+)
+
+
+def with_edge_service(app: AppSpec, replicas: int) -> AppSpec:
+    """The app with its edge as one more Deployment: Ingress -> Caddy -> the public service.
+
+    TLS ends at the Ingress, so Caddy serves plain HTTP; a rolling update of the upstream keeps
+    its Service answering, so the Caddyfile names the Service, and a change of it (maintenance)
+    rolls Caddy's pods like any env change.
+    """
+    if app.edge is None:
+        return app
+    spec = app.edge
+    upstream = app.service(spec.upstream)
+    target = f"{upstream.name}:{upstream.port}"
+    caddy = ServiceSpec(
+        name="caddy",
+        image=spec.image,
+        port=edge.HTTP_PORT,
+        command=EDGE_COMMAND,
+        env={
+            "CADDYFILE": edge.caddyfile(spec, target, serve_tls=False),
+            "XDG_DATA_HOME": "/tmp/data",
+            "XDG_CONFIG_HOME": "/tmp/config",
+        },
+        health=HealthCheck(command=edge.HEALTH),
+        exposure=Exposure.PUBLIC,
+        replicas=replicas,
+        resources=spec.resources,
+        depends_on=(upstream.name,),
+    )
+    services = tuple(
+        replace(s, exposure=Exposure.INTERNAL) if s.name == upstream.name else s
+        for s in app.services
+    )
+    return replace(
+        app, services=(*services, caddy), entry=replace(app.entry, service="caddy"), edge=None
+    )
 
 
 def service_edges(app: AppSpec) -> dict[str, set[str]]:
@@ -166,7 +214,7 @@ class KubernetesApp(pulumi.ComponentResource):
         self._name = name
         self._settings = args.settings
         self._k = args.settings.kubernetes
-        self._app = args.app
+        self._app = with_edge_service(args.app, args.settings.replicas("caddy"))
         self._ns_name = self._k.namespace
         self._render = self._k.render_to is not None
         self._provider = k8s.Provider(

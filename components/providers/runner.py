@@ -327,18 +327,32 @@ class DockerRunner:
         return _untar_dir(data)
 
     def _each_container(self, names: Sequence[str], action: str) -> list[str]:
+        """Stop every running container of each name, or start its newest one.
+
+        A name is a service's stable name (``<stack>-<app>-<service>``): each release's container
+        carries it as a label, and stacks deployed before that have it as their container name.
+        """
         import docker.errors
+
+        from components.providers.engine_base import NAME_LABEL
 
         missing: list[str] = []
         client = self._client()
         try:
             for name in names:
-                try:
-                    container = client.containers.get(name)
-                except docker.errors.NotFound:
-                    missing.append(name)
-                    continue
-                getattr(container, action)()
+                found = client.containers.list(all=True, filters={"label": f"{NAME_LABEL}={name}"})
+                if not found:
+                    try:
+                        found = [client.containers.get(name)]
+                    except docker.errors.NotFound:
+                        missing.append(name)
+                        continue
+                if action == "stop":
+                    for container in found:
+                        if container.status in ("running", "restarting"):
+                            container.stop()
+                else:
+                    max(found, key=lambda c: str(c.attrs.get("Created"))).start()
         finally:
             client.close()
         return missing

@@ -129,12 +129,22 @@ def run_check(
     return Outcome(False, ms, redact(detail, list(secrets.values())))
 
 
+def _verify(ca_pem: str | None) -> Any:
+    """TLS verification: the system's trust store, or only the CA the edge returned."""
+    if not ca_pem:
+        return True
+    import ssl
+
+    return ssl.create_default_context(cadata=ca_pem)
+
+
 def run_checks(
     base_url: str,
     checks: Sequence[Check],
     secrets: Mapping[str, str],
     deadline_s: float,
     timeout_s: float,
+    ca_pem: str | None = None,
 ) -> tuple[dict[str, Outcome], int]:
     """Run every check; retry the failing ones with exponential backoff until the deadline."""
     end = time.monotonic() + deadline_s
@@ -142,7 +152,7 @@ def run_checks(
     pending = list(checks)
     delay = 0.25
     attempts = 0
-    with httpx.Client(follow_redirects=False) as client:
+    with httpx.Client(follow_redirects=False, verify=_verify(ca_pem)) as client:
         while True:
             attempts += 1
             for check in pending:
@@ -234,6 +244,7 @@ class SmokeTestProvider(ResourceProvider):
             secrets,
             float(props.get("deadline_s") or 90.0),
             float(props.get("timeout_s") or 5.0),
+            str(props.get("ca_pem") or "") or None,
         )
         if not all(o.ok for o in results.values()):
             raise RuntimeError(failure_message(base_url, checks, results, attempts))
@@ -280,9 +291,13 @@ class SmokeTestArgs:
     secrets: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     deadline_s: float = 90.0
     timeout_s: float = 5.0
+    ca_pem: pulumi.Input[str] = ""
+    """A CA to trust instead of the system's (the edge's internal CA)."""
 
 
-def smoke_args(spec: SmokeSpec, base_url: pulumi.Input[str]) -> SmokeTestArgs:
+def smoke_args(
+    spec: SmokeSpec, base_url: pulumi.Input[str], ca_pem: pulumi.Input[str] = ""
+) -> SmokeTestArgs:
     """A ``SmokeTest``'s inputs for an app's ``SmokeSpec`` against its public entry point."""
     checks, secrets = smoke_inputs(spec)
     return SmokeTestArgs(
@@ -291,6 +306,7 @@ def smoke_args(spec: SmokeSpec, base_url: pulumi.Input[str]) -> SmokeTestArgs:
         secrets=secrets,
         deadline_s=spec.deadline_s,
         timeout_s=spec.timeout_s,
+        ca_pem=ca_pem,
     )
 
 
@@ -311,6 +327,7 @@ class SmokeTest(Resource, module="ops", name="SmokeTest"):
             "secrets": pulumi.Output.secret(dict(args.secrets)),
             "deadline_s": args.deadline_s,
             "timeout_s": args.timeout_s,
+            "ca_pem": args.ca_pem,
             "run": RUN_NOTE,
             "passed": None,
             "latencies": None,

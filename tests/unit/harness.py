@@ -92,6 +92,10 @@ class _Mocks(pulumi.runtime.Mocks):
         if args.typ == "pulumi-python:dynamic/docker:Image":
             digest = hashlib.sha256(args.inputs["ref"].encode()).hexdigest()
             state["image_id"] = f"sha256:{digest}"
+        if args.typ == "pulumi-python:dynamic/docker:Container":
+            state["container_name"] = f"{args.inputs['name']}-0123abcd"
+        if args.typ == "pulumi-python:dynamic/docker:EdgeRoute":
+            state["ca_pem"] = ""
         if args.typ == "pulumi-python:dynamic/ops:GeneratedSecret":
             state["value"] = "generated-" + args.name
         return f"{args.name}-id", state

@@ -1,0 +1,383 @@
+"""A Docker container as a dynamic resource, released without taking the running one down.
+
+Every replacement is create-before-delete (the diff never asks Pulumi to delete first): the new
+container gets a physical name of its own (``<name>-<hash of its inputs>``), joins its networks
+under the service's aliases beside its predecessor, and must prove itself healthy before Pulumi
+moves on; the predecessor is deleted only at the end of the update. How the two overlap is the
+``rollout`` input, chosen per role by the platform:
+
+- ``start-first``: the predecessor keeps serving while the new one starts (stateless services).
+- ``stop-first``: the predecessor is stopped (not removed) first, because two of them must not
+  run at once: a data store on one volume, a worker that claims jobs, the edge that holds a host
+  port. If the new one never gets healthy it is removed and the predecessor started again.
+
+Either way a failed release leaves the running one as it was and the update fails naming the
+container, with the redacted tail of its log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import (
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    Resource,
+    ResourceProvider,
+    UpdateResult,
+)
+
+from components.providers.engine_base import (
+    NAME_LABEL,
+    STACK_LABEL,
+    EngineError,
+    changed,
+    client,
+    labels_of,
+    not_found,
+    same_stack,
+)
+from components.providers.runner import log_tail, redact
+
+CONTAINER_KEYS = (
+    "name", "image", "image_id", "command", "env", "user", "networks", "ports", "healthcheck",
+    "restart", "memory_mb", "cpus", "read_only", "tmpfs", "security_opt", "cap_add", "mounts",
+    "labels", "extra_hosts", "stop_timeout_s", "docker_host",
+)  # fmt: skip
+"""Inputs that decide the container: Docker cannot change any of them in place."""
+TUNING_KEYS = ("rollout", "wait_timeout_s", "grace_s")
+"""Inputs that only steer how a container is rolled out: updated in place."""
+ROLLOUTS = ("start-first", "stop-first")
+NANO = 1_000_000_000
+POLL_S = 0.25
+# Health checks run this often while a container starts (Docker >= 25, API 1.44), instead of the
+# spec's steady-state interval: a release is gated in about a second, not in 5 s steps.
+START_INTERVAL_S = 0.5
+START_INTERVAL_API = (1, 44)
+
+
+def physical_name(props: Mapping[str, Any]) -> str:
+    """``<name>-<8 hex>``: unique per release, the same for the same inputs (a retry adopts)."""
+    decided = {k: props.get(k) for k in CONTAINER_KEYS if k != "docker_host"}
+    digest = hashlib.sha256(json.dumps(decided, sort_keys=True, default=str).encode())
+    return f"{props['name']}-{digest.hexdigest()[:8]}"
+
+
+def _api_at_least(docker_client: Any, wanted: tuple[int, int]) -> bool:
+    version = str(docker_client.api.api_version)
+    major, _, minor = version.partition(".")
+    return (int(major), int(minor or 0)) >= wanted
+
+
+def _healthcheck(props: Mapping[str, Any], fast_start: bool) -> dict[str, Any] | None:
+    hc = props.get("healthcheck")
+    if not hc:
+        return None
+    wait = float(props.get("wait_timeout_s") or 180)
+    check = {
+        "Test": list(hc["test"]),
+        "Interval": int(float(hc.get("interval_s", 5)) * NANO),
+        "Timeout": int(float(hc.get("timeout_s", 3)) * NANO),
+        "Retries": int(hc.get("retries", 3)),
+        "StartPeriod": int(float(hc.get("start_period_s", 0)) * NANO),
+    }
+    if fast_start:
+        # Failures inside the start period do not count, successes do: probe fast for as long
+        # as appstack would wait, then fall back to the spec's interval and retries.
+        check["StartPeriod"] = int(max(float(hc.get("start_period_s", 0)), wait) * NANO)
+        check["StartInterval"] = int(START_INTERVAL_S * NANO)
+    return check
+
+
+def _host_config(docker_client: Any, props: Mapping[str, Any]) -> Any:
+    import docker.types
+
+    ports = {
+        f"{int(p['internal'])}/tcp": [(str(p["ip"]), int(p["external"]))]
+        for p in props.get("ports") or []
+    }
+    mounts = [
+        docker.types.Mount(target=str(m["target"]), source=str(m["source"]), type="volume")
+        for m in props.get("mounts") or []
+    ]
+    extra_hosts = {str(k): str(v) for k, v in (props.get("extra_hosts") or {}).items()}
+    return docker_client.api.create_host_config(
+        port_bindings=ports or None,
+        mounts=mounts,
+        restart_policy={"Name": str(props.get("restart") or "unless-stopped")},
+        mem_limit=f"{int(props['memory_mb'])}m" if props.get("memory_mb") else None,
+        nano_cpus=int(float(props["cpus"]) * NANO) if props.get("cpus") else None,
+        read_only=bool(props.get("read_only")),
+        tmpfs={str(k): str(v) for k, v in (props.get("tmpfs") or {}).items()} or None,
+        security_opt=list(props.get("security_opt") or []) or None,
+        cap_drop=["ALL"],
+        cap_add=list(props.get("cap_add") or []) or None,
+        extra_hosts=extra_hosts or None,
+        network_mode=str(props["networks"][0]["name"]),
+    )
+
+
+def _create(docker_client: Any, props: Mapping[str, Any], name: str) -> Any:
+    """Create (not start) the container through the low-level API, which takes StartInterval."""
+    nets = list(props.get("networks") or [])
+    if not nets:
+        msg = f"container {props['name']}: needs at least one network"
+        raise EngineError(msg)
+    api = docker_client.api
+    first = nets[0]
+    ports = [int(p["internal"]) for p in props.get("ports") or []]
+    config = api.create_container_config(
+        image=str(props["image_id"]),
+        command=list(props["command"]) if props.get("command") else None,
+        environment={str(k): str(v) for k, v in (props.get("env") or {}).items()},
+        user=props.get("user") or None,
+        labels={**labels_of(props), NAME_LABEL: str(props["name"])},
+        ports=ports or None,
+        stop_signal="SIGTERM",
+        host_config=_host_config(docker_client, props),
+        networking_config=api.create_networking_config(
+            {
+                str(first["name"]): api.create_endpoint_config(
+                    aliases=list(first.get("aliases") or [])
+                )
+            }
+        ),
+    )
+    health = _healthcheck(props, _api_at_least(docker_client, START_INTERVAL_API))
+    if health:
+        config["Healthcheck"] = health
+    created = api.create_container_from_config(config, name=name)
+    container = docker_client.containers.get(created["Id"])
+    for net in nets[1:]:
+        docker_client.networks.get(str(net["name"])).connect(
+            container, aliases=list(net.get("aliases") or []) or None
+        )
+    return container
+
+
+def _failure(container: Any, what: str, secrets: Sequence[str]) -> EngineError:
+    try:
+        logs = redact(container.logs(tail=80).decode(errors="replace"), secrets)
+    except Exception as exc:  # the container may be gone already
+        logs = f"(no log: {exc})"
+    return EngineError(f"{what}; log tail:\n{log_tail(logs)}")
+
+
+def wait_ready(container: Any, props: Mapping[str, Any], secrets: Sequence[str]) -> None:
+    """Block until healthy, or, without a health check, until it stayed up its whole grace period.
+
+    A restart counts as a failure in both cases: a crash-looping container under a restart policy
+    is "running" most of the time, but its restart count gives it away.
+    """
+    name = props["name"]
+    timeout = float(props.get("wait_timeout_s") or 180)
+    grace = float(props.get("grace_s") or 10)
+    deadline = time.monotonic() + timeout
+    has_health = bool(props.get("healthcheck"))
+    started = time.monotonic()
+    while True:
+        container.reload()
+        state = container.attrs["State"]
+        restarts = int(container.attrs.get("RestartCount") or 0)
+        health = (state.get("Health") or {}).get("Status") if has_health else None
+        if restarts or state.get("Restarting"):
+            code = state.get("ExitCode")
+            what = f"container {name} restarted {restarts} time(s): a crash loop (last exit {code})"
+            raise _failure(container, what, secrets)
+        if state.get("Status") in ("exited", "dead"):
+            raise _failure(
+                container, f"container {name} exited with {state.get('ExitCode')}", secrets
+            )
+        if health == "unhealthy":
+            raise _failure(container, f"container {name} unhealthy", secrets)
+        if has_health and health == "healthy":
+            return
+        if not has_health and state.get("Running") and time.monotonic() - started >= grace:
+            return
+        if time.monotonic() > deadline:
+            want = "healthy" if has_health else "running"
+            what = f"container {name} not {want} after {timeout:g}s (health: {health})"
+            raise _failure(container, what, secrets)
+        time.sleep(POLL_S)
+
+
+def remove(docker_client: Any, name_or_id: str, stop_timeout: int) -> None:
+    """Stop (grace period) and remove; a container already gone is fine."""
+    try:
+        container = docker_client.containers.get(name_or_id)
+    except Exception as exc:
+        if not_found(exc):
+            return
+        raise
+    if container.status in ("running", "restarting"):
+        container.stop(timeout=stop_timeout)
+    container.remove(v=False, force=True)
+
+
+def _bound_ports(container: Any) -> set[tuple[str, int]]:
+    bindings = container.attrs["HostConfig"].get("PortBindings") or {}
+    return {
+        (b.get("HostIp", ""), int(b.get("HostPort") or 0))
+        for bs in bindings.values()
+        for b in bs or []
+    }
+
+
+def _in_the_way(docker_client: Any, props: Mapping[str, Any], new_name: str) -> list[Any]:
+    """Running containers of this stack the new one cannot run beside.
+
+    Its predecessors when the rollout is stop-first, and whatever holds a host port it publishes
+    (the old gateway when the edge first takes over the public port).
+    """
+    stack = labels_of(props).get(STACK_LABEL)
+    if not stack:
+        return []
+    wanted = {(str(p["ip"]), int(p["external"])) for p in props.get("ports") or []}
+    stop_first = props.get("rollout") == "stop-first"
+    found = []
+    filters = {"label": f"{STACK_LABEL}={stack}", "status": "running"}
+    for other in docker_client.containers.list(filters=filters):
+        if other.name == new_name:
+            continue
+        predecessor = other.labels.get(NAME_LABEL) == props["name"] or other.name == props["name"]
+        if (stop_first and predecessor) or (wanted and _bound_ports(other) & wanted):
+            found.append(other)
+    return found
+
+
+class ContainerProvider(ResourceProvider):
+    """A container, created beside its predecessor, started, and gated on its health."""
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> Any:
+        """The rollout must be one appstack knows."""
+        from pulumi.dynamic import CheckResult
+
+        rollout = news.get("rollout") or "start-first"
+        if rollout not in ROLLOUTS:
+            msg = f"container {news.get('name')}: rollout {rollout!r} is not one of {ROLLOUTS}"
+            raise ValueError(msg)
+        return CheckResult(news, [])
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        """A changed input replaces, always create-before-delete; a stopped one is drift."""
+        replaces = changed(olds, news, CONTAINER_KEYS)
+        if olds.get("state") not in (None, "running"):
+            replaces.append("state")
+        tuning = changed(olds, news, TUNING_KEYS)
+        return DiffResult(
+            changes=bool(replaces or tuning), replaces=replaces, delete_before_replace=False
+        )
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        """Start the new release beside (or, stop-first, instead of) the running one."""
+        secrets = [str(v) for v in (props.get("env") or {}).values() if len(str(v)) >= 8]
+        stop_timeout = int(props.get("stop_timeout_s") or 30)
+        name = physical_name(props)
+        with client(props.get("docker_host")) as docker_client:
+            self._clear_leftover(docker_client, props, name, stop_timeout)
+            stopped = _in_the_way(docker_client, props, name)
+            for other in stopped:
+                pulumi.log.info(
+                    f"{props['name']}: stopping {other.name} first ({props.get('rollout')})"
+                )
+                other.stop(timeout=stop_timeout)
+            container = None
+            try:
+                container = _create(docker_client, props, name)
+                container.start()
+                wait_ready(container, props, secrets)
+            except Exception as exc:
+                if container is not None:
+                    remove(docker_client, container.id, 5)
+                restarted = self._restart(stopped)
+                if stopped:
+                    exc.add_note(f"the running release was kept: started {restarted} again")
+                else:
+                    exc.add_note("the running release was kept, untouched")
+                raise
+            outs = {**props, "container_id": container.id, "container_name": name}
+            return CreateResult(id_=container.id, outs={**outs, **_observed(container)})
+
+    @staticmethod
+    def _restart(stopped: Sequence[Any]) -> list[str]:
+        names = []
+        for other in stopped:
+            other.start()
+            names.append(other.name)
+        return names
+
+    @staticmethod
+    def _clear_leftover(docker_client: Any, props: Mapping[str, Any], name: str, stop: int) -> None:
+        """A container of this very release from this stack that state lacks: an interrupted up."""
+        try:
+            leftover = docker_client.containers.get(name)
+        except Exception as exc:
+            if not_found(exc):
+                return
+            raise
+        if not same_stack(leftover.labels, props):
+            msg = f"container {name} already exists and is not this stack's: remove or rename it"
+            raise EngineError(msg)
+        pulumi.log.warn(f"removing container {name} left by an interrupted update")
+        remove(docker_client, leftover.id, stop)
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        """Only rollout tuning changed: record it, the container stays."""
+        kept = {k: olds.get(k) for k in ("container_id", "container_name", "state", "health")}
+        return UpdateResult(outs={**news, **kept})
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """What the engine has now: its state, health and image (refresh shows drift)."""
+        with client(props.get("docker_host")) as docker_client:
+            try:
+                container = docker_client.containers.get(id_)
+            except Exception as exc:
+                if not_found(exc):
+                    return ReadResult(id_="", outs={})
+                raise
+            return ReadResult(id_=id_, outs={**props, **_observed(container)})
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        """Stop (grace period) and remove; volumes are separate resources and stay."""
+        with client(props.get("docker_host")) as docker_client:
+            remove(docker_client, id_, int(props.get("stop_timeout_s") or 30))
+
+
+def _observed(container: Any) -> dict[str, Any]:
+    container.reload()
+    state = container.attrs["State"]
+    return {
+        "state": str(state.get("Status")),
+        "health": (state.get("Health") or {}).get("Status"),
+        "image_id": container.attrs.get("Image"),
+    }
+
+
+class Container(Resource, module="docker", name="Container"):
+    """A Docker container; ``env`` is a secret output (it carries credentials)."""
+
+    name: pulumi.Output[str]
+    container_id: pulumi.Output[str]
+    container_name: pulumi.Output[str]
+    """The physical name of the running release (unique per release)."""
+
+    def __init__(
+        self, name: str, props: Mapping[str, Any], opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        unknown = set(props) - set(CONTAINER_KEYS) - set(TUNING_KEYS)
+        if unknown:
+            msg = f"container {name}: unknown properties {sorted(unknown)}"
+            raise ValueError(msg)
+        secret = pulumi.ResourceOptions(additional_secret_outputs=["env"])
+        super().__init__(
+            ContainerProvider(),
+            name,
+            {**props, "container_id": None, "container_name": None, "state": None, "health": None},
+            pulumi.ResourceOptions.merge(opts, secret),
+        )
