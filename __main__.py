@@ -15,5 +15,6 @@ pulumi.export("app", app.name)
 pulumi.export("publicUrl", platform.public_url)
 pulumi.export("images", platform.images)
 pulumi.export("networks", platform.networks)
+pulumi.export("edgeCaCertificate", platform.edge_ca)
 for key, value in app.outputs.items():
     pulumi.export(key, pulumi.Output.secret(value))

@@ -28,6 +28,10 @@ ENV = {"XDG_DATA_HOME": DATA_DIR, "XDG_CONFIG_HOME": f"{DATA_DIR}/config"}
 # admin endpoint listens until appstack loads one).
 COMMAND = ("caddy", "run", "--resume")
 HEALTH = ("wget", "-q", "-O", "/dev/null", f"http://{ADMIN}/config/")
+# The official image gives /usr/bin/caddy the file capability cap_net_bind_service; with every
+# capability dropped the kernel refuses to exec such a binary (EPERM), so the edge keeps exactly
+# that one (the only one Kubernetes' restricted profile allows adding).
+CAPABILITIES = ("NET_BIND_SERVICE",)
 RETRY_AFTER_S = 3600
 # A request whose upstream refuses the connection is retried this long before it fails: covers the
 # instant an old release stops while a client's request is in the air.

@@ -190,6 +190,8 @@ class Settings:
     keep_backups: int
     maintenance: bool
     migration_baseline: str | None
+    deploy_timeout_s: int
+    """How long a new release may take to become healthy before it is given up (Docker)."""
     docker_host: str | None
     secrets: Mapping[str, pulumi.Output[str]]
     """Secrets given in config (always secret Outputs)."""
@@ -594,7 +596,8 @@ def load(
         platform=platform,
         images=images,
         public=_parse_public(r, defaults["public"]),
-        overrides=_parse_overrides(r, app, defaults["replicas"]),
+        # Docker runs one container per service whatever the environment's default says.
+        overrides=_parse_overrides(r, app, defaults["replicas"] if platform != "docker" else 1),
         ollama=_parse_ollama(r),
         worker=_parse_worker(r),
         qdrant_collection=r.str_("qdrantCollection", "haven_chunks") or "haven_chunks",
@@ -604,6 +607,7 @@ def load(
         keep_backups=keep or 1,
         maintenance=r.bool_("maintenance", False),
         migration_baseline=r.str_("migrationBaseline"),
+        deploy_timeout_s=r.int_("deployTimeout", r.obj("deployTimeout", 180), 10, 3600) or 180,
         docker_host=r.str_("dockerHost"),
         secrets=secrets,
         missing_secrets=missing,

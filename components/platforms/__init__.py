@@ -26,6 +26,8 @@ class Platform(Protocol):
     public_url: pulumi.Output[str]
     images: pulumi.Output[Mapping[str, str]]
     networks: pulumi.Output[Mapping[str, str]]
+    edge_ca: pulumi.Output[str]
+    """The root certificate clients trust when the edge runs its own CA (else empty)."""
 
 
 def rollout_order(app: AppSpec) -> list[ServiceSpec]:

@@ -57,6 +57,7 @@ class DockerApp(pulumi.ComponentResource):
     public_url: pulumi.Output[str]
     images: pulumi.Output[Mapping[str, str]]
     networks: pulumi.Output[Mapping[str, str]]
+    edge_ca: pulumi.Output[str]
     containers: dict[str, engine.Container]
     migration: Migration | None
     route: EdgeRoute | None
@@ -89,10 +90,18 @@ class DockerApp(pulumi.ComponentResource):
 
         self.public_url = pulumi.Output.from_input(self._entry_url())
         refs: dict[str, pulumi.Input[str]] = {s.name: s.image for s in self._app.services}
+        if self._app.edge:
+            refs["caddy"] = self._app.edge.image
         self.images = pulumi.Output.from_input(refs)  # type: ignore[arg-type,assignment]
         self.networks = pulumi.Output.from_input(self._network_names)  # type: ignore[arg-type]
+        self.edge_ca = self.route.ca_pem if self.route else pulumi.Output.from_input("")
         self.register_outputs(
-            {"public_url": self.public_url, "images": self.images, "networks": self.networks}
+            {
+                "public_url": self.public_url,
+                "images": self.images,
+                "networks": self.networks,
+                "edge_ca": self.edge_ca,
+            }
         )
 
     def _opts(self, **kwargs: Any) -> pulumi.ResourceOptions:
@@ -213,7 +222,7 @@ class DockerApp(pulumi.ComponentResource):
             "stop_timeout_s": 30,
             "docker_host": self._host,
             "rollout": rollout(svc),
-            "wait_timeout_s": 180,
+            "wait_timeout_s": self._settings.deploy_timeout_s,
             "grace_s": 10,
         }
         if svc.secret_env:
@@ -232,7 +241,8 @@ class DockerApp(pulumi.ComponentResource):
         if listen.https:
             ports.append({"internal": edge.HTTPS_PORT, "external": https_port, "ip": entry.address})
         if listen.http:
-            ports.append({"internal": edge.HTTP_PORT, "external": entry.port, "ip": entry.address})
+            plain = self._settings.public.port  # entry.port is the HTTPS one when TLS is on
+            ports.append({"internal": edge.HTTP_PORT, "external": plain, "ip": entry.address})
         volume = engine.Volume(
             f"{self._name}-caddy-data",
             volume_name=f"{self._prefix}-caddy-data",
@@ -261,7 +271,7 @@ class DockerApp(pulumi.ComponentResource):
             "read_only": True,
             "tmpfs": {"/tmp": "rw,nosuid,nodev,size=16m"},
             "security_opt": ["no-new-privileges:true"],
-            "cap_add": [],
+            "cap_add": list(edge.CAPABILITIES),
             "mounts": [{"source": volume.name, "target": edge.DATA_DIR}],
             "labels": self._labels("caddy"),
             "extra_hosts": {},

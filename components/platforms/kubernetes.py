@@ -88,6 +88,7 @@ def with_edge_service(app: AppSpec, replicas: int) -> AppSpec:
         replicas=replicas,
         resources=spec.resources,
         depends_on=(upstream.name,),
+        cap_add=edge.CAPABILITIES,
     )
     services = tuple(
         replace(s, exposure=Exposure.INTERNAL) if s.name == upstream.name else s
@@ -201,6 +202,7 @@ class KubernetesApp(pulumi.ComponentResource):
     public_url: pulumi.Output[str]
     images: pulumi.Output[Mapping[str, str]]
     networks: pulumi.Output[Mapping[str, str]]
+    edge_ca: pulumi.Output[str]
     workloads: dict[str, pulumi.CustomResource]
     migration: Migration | None
     smoke: SmokeTest | None
@@ -255,6 +257,8 @@ class KubernetesApp(pulumi.ComponentResource):
         self.networks = pulumi.Output.from_input(
             {"namespace": self.ns, "ingressNamespace": self._k.ingress_namespace}
         )  # type: ignore[arg-type,assignment]
+        # TLS ends at the Ingress, whose certificate comes from `kubernetes.tlsSecret`.
+        self.edge_ca = pulumi.Output.from_input("")
         self.register_outputs(
             {
                 "public_url": self.public_url,
@@ -487,12 +491,14 @@ class KubernetesApp(pulumi.ComponentResource):
         }
 
     @staticmethod
-    def _container_security(read_only_root: bool) -> dict[str, Any]:
+    def _container_security(read_only_root: bool, cap_add: Sequence[str] = ()) -> dict[str, Any]:
         # The spec's cap_add serves Docker entrypoints that start as root and chown; here every
-        # container starts as its non-root uid (fsGroup owns the volume), so nothing is added.
+        # container starts as its non-root uid (fsGroup owns the volume). Only NET_BIND_SERVICE is
+        # kept where a spec asks for it: an image may carry it as a file capability (Caddy's).
+        kept = [c for c in cap_add if c == "NET_BIND_SERVICE"]
         return {
             "allow_privilege_escalation": False,
-            "capabilities": {"drop": ["ALL"]},
+            "capabilities": {"drop": ["ALL"], **({"add": kept} if kept else {})},
             "read_only_root_filesystem": read_only_root,
             "run_as_non_root": True,
         }
@@ -518,7 +524,7 @@ class KubernetesApp(pulumi.ComponentResource):
             "image": svc.image,
             "env": self._env(svc.name, svc.env, list(svc.secret_env)),
             "resources": {"requests": amount, "limits": amount},
-            "security_context": self._container_security(svc.read_only_root),
+            "security_context": self._container_security(svc.read_only_root, svc.cap_add),
             "volume_mounts": mounts,
         }
         if svc.command:

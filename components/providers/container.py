@@ -57,7 +57,9 @@ ROLLOUTS = ("start-first", "stop-first")
 NANO = 1_000_000_000
 POLL_S = 0.25
 # Health checks run this often while a container starts (Docker >= 25, API 1.44), instead of the
-# spec's steady-state interval: a release is gated in about a second, not in 5 s steps.
+# spec's steady-state interval: a release is gated in about a second, not in 5 s steps. Older
+# engines run the first check only after a whole interval, so appstack also runs the same test
+# itself (exec) at this pace while it waits.
 START_INTERVAL_S = 0.5
 START_INTERVAL_API = (1, 44)
 
@@ -169,6 +171,16 @@ def _failure(container: Any, what: str, secrets: Sequence[str]) -> EngineError:
     return EngineError(f"{what}; log tail:\n{log_tail(logs)}")
 
 
+def _probe(container: Any, command: Sequence[str]) -> bool:
+    """Run the health test inside the container; a container that just stopped is not ready."""
+    import docker.errors
+
+    try:
+        return int(container.exec_run(list(command)).exit_code) == 0
+    except docker.errors.APIError:
+        return False
+
+
 def wait_ready(container: Any, props: Mapping[str, Any], secrets: Sequence[str]) -> None:
     """Block until healthy, or, without a health check, until it stayed up its whole grace period.
 
@@ -176,11 +188,13 @@ def wait_ready(container: Any, props: Mapping[str, Any], secrets: Sequence[str])
     is "running" most of the time, but its restart count gives it away.
     """
     name = props["name"]
+    test = list((props.get("healthcheck") or {}).get("test") or [])
     timeout = float(props.get("wait_timeout_s") or 180)
     grace = float(props.get("grace_s") or 10)
     deadline = time.monotonic() + timeout
     has_health = bool(props.get("healthcheck"))
     started = time.monotonic()
+    next_probe = started
     while True:
         container.reload()
         state = container.attrs["State"]
@@ -198,6 +212,10 @@ def wait_ready(container: Any, props: Mapping[str, Any], secrets: Sequence[str])
             raise _failure(container, f"container {name} unhealthy", secrets)
         if has_health and health == "healthy":
             return
+        if test[:1] == ["CMD"] and state.get("Running") and time.monotonic() >= next_probe:
+            next_probe = time.monotonic() + START_INTERVAL_S
+            if _probe(container, test[1:]):
+                return
         if not has_health and state.get("Running") and time.monotonic() - started >= grace:
             return
         if time.monotonic() > deadline:
@@ -296,11 +314,9 @@ class ContainerProvider(ResourceProvider):
                 if container is not None:
                     remove(docker_client, container.id, 5)
                 restarted = self._restart(stopped)
-                if stopped:
-                    exc.add_note(f"the running release was kept: started {restarted} again")
-                else:
-                    exc.add_note("the running release was kept, untouched")
-                raise
+                kept = f"started {', '.join(restarted)} again" if restarted else "untouched"
+                msg = f"{exc}\nthe running release of {props['name']} was kept ({kept})"
+                raise EngineError(msg) from exc
             outs = {**props, "container_id": container.id, "container_name": name}
             return CreateResult(id_=container.id, outs={**outs, **_observed(container)})
 
@@ -324,7 +340,9 @@ class ContainerProvider(ResourceProvider):
         if not same_stack(leftover.labels, props):
             msg = f"container {name} already exists and is not this stack's: remove or rename it"
             raise EngineError(msg)
-        pulumi.log.warn(f"removing container {name} left by an interrupted update")
+        # Same inputs, same name: a leftover of an interrupted update, or the recorded release
+        # itself when it is replaced for having stopped (refresh drift).
+        pulumi.log.warn(f"removing container {name}: same release, stopped or left by an update")
         remove(docker_client, leftover.id, stop)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:

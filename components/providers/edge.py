@@ -183,8 +183,8 @@ class EdgeRoute(Resource, module="docker", name="EdgeRoute"):
     def __init__(
         self, name: str, args: EdgeRouteArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        files: pulumi.Input[Mapping[str, str]] = dict(args.files)
-        props = {
+        files: dict[str, pulumi.Output[str]] = dict(args.files)
+        props: dict[str, Any] = {
             "docker_host": args.docker_host,
             "container_id": args.container_id,
             "upstream": args.upstream,

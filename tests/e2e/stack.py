@@ -188,16 +188,26 @@ class Stack:
     # -- what is running ---------------------------------------------------------------------
 
     def containers(self) -> dict[str, dict[str, Any]]:
-        """Running containers of this stack by service, from the engine."""
-        ids = docker("ps", "-aq", "--filter", f"label=appstack.stack={self.name}").split()
+        """This stack's containers by service, from the engine: each service's newest release."""
+        newest: dict[str, dict[str, Any]] = {}
+        for c in sorted(self.releases(), key=lambda c: str(c["Created"])):
+            newest[c["Config"]["Labels"]["appstack.service"]] = c
+        return newest
+
+    def releases(self, service: str | None = None) -> list[dict[str, Any]]:
+        """Every container of this stack (of one service), old releases included."""
+        label = f"label=appstack.stack={self.name}"
+        args = ["ps", "-aq", "--filter", label]
+        if service:
+            args += ["--filter", f"label=appstack.service={service}"]
+        ids = docker(*args).split()
         if not ids:
-            return {}
+            return []
         # A container may go between `ps` and `inspect` (an update is running): skip it.
-        info = json.loads(docker("inspect", *ids, check=False) or "[]")
-        return {c["Config"]["Labels"]["appstack.service"]: c for c in info}
+        return json.loads(docker("inspect", *ids, check=False) or "[]")  # type: ignore[no-any-return]
 
     def url(self, path: str) -> str:
-        """A URL on the published gateway."""
+        """A URL on the published edge."""
         return f"http://127.0.0.1:{self.port}{path}"
 
     def get(self, path: str, token: str | None = None) -> httpx.Response:
@@ -208,7 +218,7 @@ class Stack:
     def psql(self, sql: str) -> str:
         """Run SQL in the stack's Postgres container (as the test operator would, via exec)."""
         return docker(
-            "exec", f"{self.name}-haven-postgres",
+            "exec", self.containers()["postgres"]["Id"],
             "psql", "-U", "haven", "-d", "haven", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql,
         )  # fmt: skip
 

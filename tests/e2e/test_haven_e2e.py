@@ -20,6 +20,7 @@ from tests.e2e.stack import Stack, docker, kill_engine_processes, start_ollama, 
 pytestmark = pytest.mark.e2e
 SERVICES = ("gateway", "catalog", "search", "worker")
 DATASTORES = ("postgres", "qdrant", "minio")
+EDGE = ("caddy",)
 
 
 def secret_values(stack: Stack) -> dict[str, str]:
@@ -45,7 +46,7 @@ def steps(preview: dict[str, Any]) -> dict[str, str]:
 def test_first_up_deploys_everything_healthy(haven: Stack) -> None:
     haven.up()
     running = haven.containers()
-    assert set(running) == set(SERVICES + DATASTORES)
+    assert set(running) == set(SERVICES + DATASTORES + EDGE)
     for name, c in running.items():
         assert c["State"]["Running"], name
         if name != "worker":
@@ -75,8 +76,12 @@ def test_exactly_one_published_port_and_an_internal_network(haven: Stack) -> Non
         for port, bindings in (c["NetworkSettings"]["Ports"] or {}).items()
         if bindings
     }
-    assert list(published) == ["gateway"]
-    assert published["gateway"] == [{"HostIp": "127.0.0.1", "HostPort": str(haven.port)}]
+    assert list(published) == ["caddy"], "the edge is the only published entry"
+    assert published["caddy"] == [{"HostIp": "127.0.0.1", "HostPort": str(haven.port)}]
+    gateway_nets = set(haven.containers()["gateway"]["NetworkSettings"]["Networks"])
+    assert gateway_nets == {"e2e-haven-internal", "e2e-haven-edge"}
+    caddy_nets = set(haven.containers()["caddy"]["NetworkSettings"]["Networks"])
+    assert caddy_nets == {"e2e-haven-edge"}, "the edge reaches no data store"
     net = json.loads(docker("network", "inspect", "e2e-haven-internal"))[0]
     assert net["Internal"] is True
     pg_nets = set(haven.containers()["postgres"]["NetworkSettings"]["Networks"])
@@ -120,9 +125,11 @@ def test_new_gateway_tag_replaces_only_the_gateway_and_keeps_data(haven: Stack) 
     replaced = {name for name, op in planned.items() if op in ("replace", "create-replacement")}
     assert replaced <= {"e2e-haven-gateway", "e2e-haven-gateway-image"}
     assert "e2e-haven-gateway" in replaced
-    assert set(planned) <= {"e2e-haven-gateway", "e2e-haven-gateway-image", "e2e-haven-smoke"} | {
-        n for n, op in planned.items() if op in ("delete-replaced", "replace")
-    }
+    # The edge is re-pointed (an update), never replaced.
+    assert set(planned) <= {
+        "e2e-haven-gateway", "e2e-haven-gateway-image", "e2e-haven-smoke", "e2e-haven-edge-route"
+    }  # fmt: skip
+    assert planned.get("e2e-haven-edge-route", "update") == "update"
     haven.up()
     after = {n: c["Id"] for n, c in haven.containers().items()}
     changed = {n for n in ids if ids[n] != after[n]}
@@ -177,6 +184,7 @@ def test_failing_smoke_test_fails_the_up(haven: Stack) -> None:
 def test_interrupted_up_converges_on_the_next_up(haven: Stack) -> None:
     haven.set_images("0.1.0", ("gateway", "search"))
     old = haven.containers()["gateway"]["Id"]
+    old_version = haven.get("/v1/healthz").json()["version"]
     proc = subprocess.Popen(
         ["pulumi", "up", "--yes", "--skip-preview", "--non-interactive", "--stack", haven.name],
         cwd=haven.workdir,
@@ -186,12 +194,11 @@ def test_interrupted_up_converges_on_the_next_up(haven: Stack) -> None:
         start_new_session=True,
     )
     try:
-        # Kill the engine (and its plugins) once the old gateway is gone and its replacement is
-        # not yet healthy: the worst moment.
+        # Kill the engine (and its plugins) once the new gateway exists beside the old one and
+        # is not yet healthy: the worst moment.
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            gateway = haven.containers().get("gateway")
-            if gateway is None or gateway["Id"] != old:
+            if any(c["Id"] != old for c in haven.releases("gateway")):
                 break
             assert proc.poll() is None, "the update ended before it could be interrupted"
             time.sleep(0.05)
@@ -199,18 +206,19 @@ def test_interrupted_up_converges_on_the_next_up(haven: Stack) -> None:
         assert kill_engine_processes(haven) >= 1, "the engine's plugins outlive it"
     finally:
         proc.wait()
-    gateway = haven.containers().get("gateway")
-    assert gateway is None or gateway["Id"] != old
-    healthy = gateway is not None and gateway["State"].get("Health", {}).get("Status") == "healthy"
-    assert not healthy, "the update was not interrupted midway"
+    releases = {c["Id"]: c for c in haven.releases("gateway")}
+    assert len(releases) == 2, "the update was interrupted with both releases on the engine"
+    assert releases[old]["State"]["Running"], "the running release was not touched"
+    assert haven.get("/v1/healthz").json()["version"] == old_version, "the edge still serves it"
     locked = haven.up(check=False)
     assert locked.code != 0 and "locked" in locked.text, "a killed update leaves its lock"
     deploy = haven.appstack("deploy")  # releases the dead update's lock, then `pulumi up`
     assert deploy.code == 0, deploy.text
     assert "releasing the lock of a killed update" in deploy.stderr
     running = haven.containers()
-    assert set(running) == set(SERVICES + DATASTORES)
+    assert set(running) == set(SERVICES + DATASTORES + EDGE)
     assert all(c["State"]["Running"] for c in running.values())
+    assert len(haven.releases("gateway")) == 1, "the leftover and the old release are gone"
     assert haven.get("/v1/healthz").json().get("version") == "0.1.0"
     assert steps(haven.preview()) == {"e2e-haven-smoke": "update"}
 

@@ -28,6 +28,8 @@ SECRET_VALUES = {
     "minioSecretKey": "s3cretMinioSecretKey",
     "hostAgentSecret": "s3cret-host-agent",
 }
+MOCK_CA_PEM = "-----BEGIN CERTIFICATE-----\nmock edge root\n-----END CERTIFICATE-----\n"
+"""What the mocked ``EdgeRoute`` returns as ``ca_pem`` when the edge runs its own CA."""
 
 
 def unwrap(value: Any) -> Any:
@@ -95,7 +97,7 @@ class _Mocks(pulumi.runtime.Mocks):
         if args.typ == "pulumi-python:dynamic/docker:Container":
             state["container_name"] = f"{args.inputs['name']}-0123abcd"
         if args.typ == "pulumi-python:dynamic/docker:EdgeRoute":
-            state["ca_pem"] = ""
+            state["ca_pem"] = MOCK_CA_PEM if args.inputs.get("internal_ca") else ""
         if args.typ == "pulumi-python:dynamic/ops:GeneratedSecret":
             state["value"] = "generated-" + args.name
         return f"{args.name}-id", state
@@ -143,8 +145,13 @@ def run(
     secrets: Mapping[str, str] | None = None,
     plain: Mapping[str, str] | None = None,
     base: str | None = None,
+    into: Program | None = None,
 ) -> Program:
-    """Run ``__main__.py`` for ``stack`` (config from ``Pulumi.<base or stack>.yaml``)."""
+    """Run ``__main__.py`` for ``stack`` (config from ``Pulumi.<base or stack>.yaml``).
+
+    ``into`` records the registrations in a ``Program`` the caller holds, so a run that raises
+    can still be asked what it registered before it failed.
+    """
     config = stack_config(base or stack)
     config.update(overrides or {})
     for key, value in (secrets or {}).items():
@@ -155,7 +162,8 @@ def run(
     secret_keys = [f"appstack:{k}" for k in (secrets or {})]
     pulumi.runtime.set_all_config(flat, secret_keys)
 
-    program = Program(stack=stack)
+    program = into if into is not None else Program()
+    program.stack = stack
     pulumi.runtime.set_mocks(
         _Mocks(), project="appstack", stack=stack, preview=False, monitor=_Monitor(program)
     )

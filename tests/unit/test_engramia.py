@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
-from tests.unit.harness import run, unwrap
+from tests.unit.harness import Program, run, unwrap
 
 CONTAINER = "pulumi-python:dynamic/docker:Container"
+VOLUME = "pulumi-python:dynamic/docker:Volume"
+EDGE_ROUTE = "pulumi-python:dynamic/docker:EdgeRoute"
 ENGRAMIA_SECRETS = {
     "postgresPassword": "s3cretEngramiaPostgres",
     "apiKeys": "s3cret-engramia-api-key",
@@ -29,12 +31,56 @@ def test_api_postgres_and_caddy_with_caddy_the_only_public_entry() -> None:
     assert published == {"caddy": [{"internal": 8080, "external": 18443, "ip": "127.0.0.1"}]}
 
 
-def test_api_runs_as_1001_read_only_with_tmpfs_and_a_data_volume() -> None:
+def test_api_runs_as_1001_read_only_on_tmpfs_without_a_volume() -> None:
     api = containers()["api"]
     assert api["user"] == "1001" and api["read_only"] is True
-    assert set(api["tmpfs"]) == {"/tmp", "/app/tmp"}
-    assert [m["target"] for m in api["mounts"]] == ["/data"]
+    # Postgres storage keeps no state on disk (DESIGN.md): /data is scratch, releases overlap.
+    assert set(api["tmpfs"]) == {"/tmp", "/app/tmp", "/data"}
+    assert api["mounts"] == []
+    assert api["rollout"] == "start-first"
     assert api["healthcheck"]["test"][-1] == "http://127.0.0.1:8000/v1/version"
+
+
+def _dev() -> Program:
+    return run("engramia-dev")
+
+
+def test_on_dev_only_caddy_publishes_and_the_api_has_no_port_and_no_volume() -> None:
+    program = _dev()
+    running = {r.inputs["name"].rsplit("-", 1)[-1]: r.inputs for r in program.of_type(CONTAINER)}
+    publishing = [name for name, c in running.items() if c["ports"]]
+    assert publishing == ["caddy"]
+    api = running["api"]
+    assert api["ports"] == [] and api["mounts"] == []
+    nets = {n["name"] for n in api["networks"]}
+    assert nets == {"engramia-dev-engramia-internal", "engramia-dev-engramia-edge"}
+    volumes = {v.inputs["name"] for v in program.of_type(VOLUME)}
+    assert volumes == {
+        "engramia-dev-engramia-postgres-pgdata",
+        "engramia-dev-engramia-backups",
+        "engramia-dev-engramia-caddy-data",
+    }
+    assert {n: c["rollout"] for n, c in running.items()} == {
+        "api": "start-first",
+        "postgres": "stop-first",
+        "caddy": "stop-first",
+    }
+    for res in [*program.of_type(CONTAINER), *program.of_type(VOLUME)]:
+        assert not res.delete_before_replace, res.name
+
+
+def test_the_edge_gates_on_the_apis_anonymous_401_and_only_proxies() -> None:
+    for maintenance in ("false", "true"):
+        program = run("engramia-dev", overrides={"appstack:maintenance": maintenance})
+        (route,) = program.of_type(EDGE_ROUTE)
+        inputs = unwrap(route.inputs)
+        assert inputs["upstream"] == "engramia-dev-engramia-api-0123abcd:8000"
+        assert (inputs["health_path"], inputs["health_status"]) == ("/v1/health", 401)
+        # Engramia has its own maintenance switch: the edge never answers for it.
+        assert "respond" not in inputs["caddyfile"], maintenance
+        assert "reverse_proxy engramia-dev-engramia-api-0123abcd:8000 {" in inputs["caddyfile"]
+        deps = {program.by_urn(u).name for u in route.dependencies}
+        assert {"engramia-dev-engramia-api", "engramia-dev-engramia-caddy"} <= deps
 
 
 def test_database_url_names_the_psycopg2_driver_and_is_secret() -> None:
@@ -70,7 +116,7 @@ def test_smoke_requires_storage_ok_not_the_overall_status() -> None:
 def test_maintenance_is_the_apps_own_switch() -> None:
     on = containers(**{"appstack:maintenance": "true"})
     assert on["api"]["env"]["ENGRAMIA_MAINTENANCE"] == "true"
-    assert "maintenance" not in on, "no responder: Engramia has its own switch"
+    assert set(on) == {"api", "postgres", "caddy"}, "no responder: Engramia has its own switch"
     smoke = run("engramia-dev", overrides={"appstack:maintenance": "true"}).named(
         "engramia-dev-engramia-smoke"
     )
@@ -85,6 +131,11 @@ def test_prod_runs_two_api_replicas_with_secret_refs_only() -> None:
     deployments = program.of_type("kubernetes:apps/v1:Deployment")
     api = next(d for d in deployments if d.inputs["metadata"]["name"] == "api")
     assert api.inputs["spec"]["replicas"] >= 2
+    caddy = next(d for d in deployments if d.inputs["metadata"]["name"] == "caddy")
+    assert caddy.inputs["spec"]["replicas"] == 2
+    (ingress,) = program.of_type("kubernetes:networking.k8s.io/v1:Ingress")
+    (path,) = ingress.inputs["spec"]["rules"][0]["http"]["paths"]
+    assert path["backend"]["service"] == {"name": "caddy", "port": {"number": 8080}}
     text = json.dumps([d.inputs for d in deployments])
     for value in ENGRAMIA_SECRETS.values():
         assert value not in text

@@ -1,9 +1,10 @@
 """The real program under mocks for the prod stack (Haven on Kubernetes), and the kubectl runner.
 
-What the runbook and DESIGN.md promise on Kubernetes: one Ingress for the public service, nothing
-else reachable from outside, default-deny networking plus exactly the topology's edges, secrets
-only through secretKeyRef, probes/limits/non-root everywhere, protected PVCs, and the rollout
-order data stores -> migration -> services -> smoke test.
+What the runbook and DESIGN.md promise on Kubernetes: one Ingress, to the edge proxy (Caddy) in
+front of the public service, nothing else reachable from outside, default-deny networking plus
+exactly the topology's edges, secrets only through secretKeyRef, probes/limits/non-root
+everywhere, protected PVCs, and the rollout order data stores -> migration -> services -> smoke
+test.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ SMOKE = "pulumi-python:dynamic/ops:SmokeTest"
 NAME = "app.kubernetes.io/name"
 APP_SERVICES = ("gateway", "catalog", "search", "worker")
 DATASTORES = ("postgres", "qdrant", "minio")
+EDGE = "caddy"
 PORTS = {"gateway": 8080, "catalog": 8081, "search": 8080, "postgres": 5432, "qdrant": 6333,
-         "minio": 9000}  # fmt: skip
-PROD_REPLICAS = {"gateway": 3, "catalog": 2, "search": 2, "worker": 1}
+         "minio": 9000, "caddy": 8080}  # fmt: skip
+# Pulumi.prod.yaml sets the app services; caddy has the prod default (2).
+PROD_REPLICAS = {"gateway": 3, "catalog": 2, "search": 2, "worker": 1, "caddy": 2}
 
 # Haven's connections, read off DESIGN.md's contracts (each service's env) and its depends_on,
 # written out here rather than computed by the code under test.
@@ -59,6 +62,7 @@ EXPECTED_EDGES = {
     ("worker", "catalog"), ("worker", "postgres"), ("worker", "search"), ("worker", "gateway"),
     ("bucket", "minio"),  # the MinIO bucket init Job
     ("tasks", "postgres"),  # migration and backup Jobs
+    ("caddy", "gateway"),  # the edge proxies to the public service
 }  # fmt: skip
 
 
@@ -90,7 +94,7 @@ def deps(program: Program, res: Registration) -> set[str]:
 # -- exposure --------------------------------------------------------------------------------
 
 
-def test_one_ingress_for_the_gateway_with_tls(prod: Program) -> None:
+def test_one_ingress_for_the_edge_with_tls(prod: Program) -> None:
     ingresses = prod.of_type(INGRESS)
     assert len(ingresses) == 1
     spec = ingresses[0].inputs["spec"]
@@ -98,14 +102,14 @@ def test_one_ingress_for_the_gateway_with_tls(prod: Program) -> None:
     (rule,) = spec["rules"]
     assert rule["host"] == "haven.example.com"
     (path,) = rule["http"]["paths"]
-    assert path["backend"]["service"] == {"name": "gateway", "port": {"number": 8080}}
+    assert path["backend"]["service"] == {"name": EDGE, "port": {"number": 8080}}
     assert spec["tls"] == [{"hosts": ["haven.example.com"], "secretName": "haven-tls"}]
     assert prod.outputs["publicUrl"] == "https://haven.example.com"
 
 
 def test_services_are_cluster_ip_named_after_the_service(prod: Program) -> None:
     services = by_name(prod, SERVICE)
-    assert set(services) == {"gateway", "catalog", "search", "postgres", "qdrant", "minio"}
+    assert set(services) == {"gateway", "catalog", "search", "postgres", "qdrant", "minio", EDGE}
     for name, svc in services.items():
         assert svc.inputs["spec"]["type"] == "ClusterIP", name
         assert svc.inputs["spec"]["selector"] == {NAME: name}
@@ -173,16 +177,38 @@ def test_every_env_reference_to_a_service_is_an_allowed_edge(prod: Program) -> N
                     assert (name, host) in EXPECTED_EDGES, f"{name} -> {host} via {env['name']}"
 
 
-def test_only_the_gateway_is_reachable_from_the_ingress_controller(prod: Program) -> None:
-    reachable = []
-    for pol in prod.of_type(NETPOL):
+def _from_outside(program: Program) -> list[tuple[str, int]]:
+    """(workload, port) of every ingress rule that admits pods of another namespace."""
+    admitted = []
+    for pol in program.of_type(NETPOL):
         spec = pol.inputs["spec"]
         for rule in spec.get("ingress") or []:
             for src in rule["from"]:
-                labels = (src.get("namespaceSelector") or {}).get("matchLabels") or {}
-                if labels.get("kubernetes.io/metadata.name") == "ingress-nginx":
-                    reachable.append((_peer(spec["podSelector"]), rule["ports"][0]["port"]))
-    assert reachable == [("gateway", 8080)]
+                if "namespaceSelector" in src:
+                    labels = src["namespaceSelector"].get("matchLabels") or {}
+                    assert labels == {"kubernetes.io/metadata.name": "ingress-nginx"}, labels
+                    admitted.append((_peer(spec["podSelector"]), rule["ports"][0]["port"]))
+    return admitted
+
+
+def test_only_caddy_is_reachable_from_the_ingress_controller_and_it_reaches_the_gateway(
+    prod: Program,
+) -> None:
+    assert _from_outside(prod) == [(EDGE, 8080)]
+    policies = by_name(prod, NETPOL)
+    caddy = policies[f"allow-{EDGE}"].inputs["spec"]
+    to = {
+        (_peer(t["podSelector"]), r["ports"][0]["port"]) for r in caddy["egress"] for t in r["to"]
+    }
+    assert to == {("gateway", 8080)}, "the edge talks to the gateway and nothing else"
+    gateway = policies["allow-gateway"].inputs["spec"]
+    sources = {
+        (_peer(src["podSelector"]), rule["ports"][0]["port"])
+        for rule in gateway["ingress"]
+        for src in rule["from"]
+    }
+    assert (EDGE, 8080) in sources
+    assert all("namespaceSelector" not in src for r in gateway["ingress"] for src in r["from"])
 
 
 def _outside_egress(program: Program) -> dict[str, list[dict[str, Any]]]:
@@ -235,7 +261,7 @@ def test_egress_peer_and_host_port_parsing() -> None:
 
 def test_deployments_and_statefulsets_are_the_right_workloads(prod: Program) -> None:
     deployments = by_name(prod, DEPLOYMENT)
-    assert set(deployments) == set(APP_SERVICES)
+    assert set(deployments) == {*APP_SERVICES, EDGE}
     for name, dep in deployments.items():
         assert dep.inputs["spec"]["replicas"] == PROD_REPLICAS[name]
         strategy = dep.inputs["spec"]["strategy"]
@@ -264,7 +290,8 @@ def test_probes_limits_and_non_root_everywhere(prod: Program) -> None:
         assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
         csc = c["securityContext"]
         assert csc["allowPrivilegeEscalation"] is False, name
-        assert csc["capabilities"] == {"drop": ["ALL"]}, name
+        kept = {"add": ["NET_BIND_SERVICE"]} if name == "caddy" else {}
+        assert csc["capabilities"] == {"drop": ["ALL"], **kept}, name
         assert csc["readOnlyRootFilesystem"] is (name not in DATASTORES), name
         tmp = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
         assert "/tmp" in tmp, name
@@ -275,6 +302,42 @@ def test_probes_limits_and_non_root_everywhere(prod: Program) -> None:
     postgres = container(workloads["postgres"])
     assert postgres["readinessProbe"]["exec"]["command"][0] == "pg_isready"
     assert gateway["resources"]["limits"] == {"memory": "256Mi", "cpu": "500m"}
+
+
+def _env(res: Registration) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in container(res).get("env") or []}
+
+
+def test_the_edge_is_a_deployment_serving_plain_http_to_the_gateway_service(prod: Program) -> None:
+    caddy = by_name(prod, DEPLOYMENT)[EDGE]
+    c = container(caddy)
+    assert c["image"] == "docker.io/library/caddy:2.8.4"
+    assert c["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+    caddyfile = _env(caddy)["CADDYFILE"]
+    # TLS ends at the Ingress: Caddy listens for plain HTTP and names the Service, whose rolling
+    # updates keep it answering.
+    assert "\nhttp://:8080 {\n" in caddyfile
+    assert "\treverse_proxy gateway:8080 {\n" in caddyfile
+    assert "\tauto_https off\n" in caddyfile
+    assert "https://" not in caddyfile and "\ttls " not in caddyfile
+    assert "respond" not in caddyfile
+    assert "$CADDYFILE" in " ".join(c["args"]), "the pod runs the Caddyfile of its env"
+    assert "prod-haven-gateway" in deps(prod, caddy)
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_maintenance_on_kubernetes_is_answered_by_the_edge() -> None:
+    program = run("prod", overrides={"appstack:maintenance": "true"}, secrets=SECRET_VALUES)
+    caddyfile = _env(by_name(program, DEPLOYMENT)[EDGE])["CADDYFILE"]
+    assert "\t@pass path /v1/healthz\n" in caddyfile
+    assert '\t\trespond `{"status":"maintenance"}` 503\n' in caddyfile
+    assert "\t\theader Retry-After 3600\n" in caddyfile
+    (smoke,) = program.of_type(SMOKE)
+    assert {c["name"]: c["expect_status"] for c in smoke.inputs["checks"]} == {
+        "gateway-health": 200,
+        "maintenance": 503,
+    }
+    assert _from_outside(program) == [(EDGE, 8080)]
 
 
 def test_the_worker_has_no_port_and_no_invented_probe(prod: Program) -> None:
@@ -289,6 +352,7 @@ def test_pdb_only_for_two_replicas_or_more(prod: Program) -> None:
         "gateway": {"minAvailable": 2, "selector": {"matchLabels": {NAME: "gateway"}}},
         "catalog": {"minAvailable": 1, "selector": {"matchLabels": {NAME: "catalog"}}},
         "search": {"minAvailable": 1, "selector": {"matchLabels": {NAME: "search"}}},
+        EDGE: {"minAvailable": 1, "selector": {"matchLabels": {NAME: EDGE}}},
     }
 
 
@@ -378,7 +442,7 @@ def test_smoke_test_hits_the_ingress_after_everything(prod: Program) -> None:
     (smoke,) = prod.of_type(SMOKE)
     assert smoke.inputs["base_url"] == "https://haven.example.com"
     after = deps(prod, smoke)
-    for name in (*APP_SERVICES, *DATASTORES, "bucket", "ingress"):
+    for name in (*APP_SERVICES, *DATASTORES, EDGE, "bucket", "ingress"):
         assert f"prod-haven-{name}" in after, name
 
 
@@ -399,7 +463,7 @@ def test_render_mode_skips_cluster_tasks_and_says_so(tmp_path: Path) -> None:
     (provider,) = program.of_type("pulumi:providers:kubernetes")
     assert provider.inputs["renderYamlToDirectory"] == str(tmp_path)
     assert not program.of_type(MIGRATION) and not program.of_type(SMOKE)
-    assert len(program.of_type(DEPLOYMENT)) == 4
+    assert len(program.of_type(DEPLOYMENT)) == 5  # the four services and the edge
     assert "kubernetesNote" in program.outputs
     assert "skipped" in program.outputs["kubernetesNote"]
     for res in program.resources:

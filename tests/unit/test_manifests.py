@@ -20,14 +20,14 @@ from tools.render_manifests import api_version_kind, render
 
 EXPECTED_KINDS = {
     "Namespace": 1,
-    "Secret": 7,  # gateway, catalog, search, worker, postgres, minio, bucket Job
-    "NetworkPolicy": 11,  # default-deny, dns, 7 workloads, bucket Job, migration tasks
-    "PersistentVolumeClaim": 4,  # postgres, qdrant, minio, backups
-    "Service": 6,  # every workload with a port
+    "Secret": 7,  # gateway, catalog, search, worker, postgres, minio, bucket Job (caddy has none)
+    "NetworkPolicy": 12,  # default-deny, dns, 8 workloads (caddy too), bucket Job, migration tasks
+    "PersistentVolumeClaim": 4,  # postgres, qdrant, minio, backups (the edge keeps no state)
+    "Service": 7,  # every workload with a port, caddy included
     "StatefulSet": 3,
     "Job": 1,  # MinIO bucket
-    "Deployment": 4,
-    "PodDisruptionBudget": 3,  # gateway (3 replicas), catalog (2), search (2)
+    "Deployment": 5,  # gateway, catalog, search, worker, caddy
+    "PodDisruptionBudget": 4,  # gateway (3 replicas), catalog (2), search (2), caddy (2)
     "Ingress": 1,
 }
 VERSION = kubernetes_validate.latest_version()

@@ -6,14 +6,24 @@ import json
 
 import pytest
 
-from tests.unit.harness import SECRET_VALUES, Program, run
+from tests.unit.harness import SECRET_VALUES, Program, run, unwrap
 
 CONTAINER = "pulumi-python:dynamic/docker:Container"
 NETWORK = "pulumi-python:dynamic/docker:Network"
 VOLUME = "pulumi-python:dynamic/docker:Volume"
 IMAGE = "pulumi-python:dynamic/docker:Image"
+EDGE_ROUTE = "pulumi-python:dynamic/docker:EdgeRoute"
 SERVICES = ("gateway", "catalog", "search", "worker")
 DATASTORES = ("postgres", "qdrant", "minio")
+EDGE = "caddy"
+# How each release overlaps the running one (components/providers/container.py), by role:
+# stateless services start first; whatever must not run twice (one volume, one job queue, one
+# host port) stops first.
+ROLLOUTS = {
+    "gateway": "start-first", "catalog": "start-first", "search": "start-first",
+    "worker": "stop-first", "postgres": "stop-first", "qdrant": "stop-first",
+    "minio": "stop-first", "caddy": "stop-first",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=["dev", "staging"])
@@ -32,20 +42,26 @@ def containers(program: Program) -> dict[str, dict]:
     return {r.inputs["name"].rsplit("-", 1)[-1]: r.inputs for r in program.of_type(CONTAINER)}
 
 
+def edge_route(program: Program) -> dict:
+    (route,) = program.of_type(EDGE_ROUTE)
+    return dict(unwrap(route.inputs))
+
+
 def test_every_service_and_datastore_exists(program: Program) -> None:
-    assert set(containers(program)) == set(SERVICES + DATASTORES)
+    assert set(containers(program)) == {*SERVICES, *DATASTORES, EDGE}
 
 
-def test_exactly_one_published_port_the_gateways(program: Program) -> None:
+def test_exactly_one_published_port_the_edges(program: Program) -> None:
     published = [
         (name, port) for name, c in containers(program).items() for port in c.get("ports") or []
     ]
     assert len(published) == 1
     name, port = published[0]
-    assert name == "gateway"
+    assert name == EDGE
     assert port["internal"] == 8080
     expected = {"dev": ("127.0.0.1", 18080), "staging": ("0.0.0.0", 8080)}[_stack(program)]
     assert (port["ip"], port["external"]) == expected
+    assert containers(program)["gateway"]["ports"] == [], "the gateway is reached through the edge"
 
 
 def test_internal_network_is_internal_and_datastores_only_on_it(program: Program) -> None:
@@ -54,14 +70,23 @@ def test_internal_network_is_internal_and_datastores_only_on_it(program: Program
     internal = f"{stack}-haven-internal"
     assert nets[internal]["internal"] is True
     assert not nets[f"{stack}-haven-edge"].get("internal")
+    edge = f"{stack}-haven-edge"
+    on_edge = set()
     for name, c in containers(program).items():
         joined = {n["name"] for n in c["networks"]}
         aliases = {a for n in c["networks"] for a in n.get("aliases") or []}
+        if edge in joined:
+            on_edge.add(name)
+        if name == EDGE:
+            # The edge is outside the internal network: it can reach only what joins the edge.
+            assert c["networks"] == [{"name": edge, "aliases": [EDGE]}]
+            continue
         assert internal in joined and name in aliases
         if name in DATASTORES or name == "catalog":
             assert joined == {internal}, f"{name} joins {joined}"
     gateway_nets = {n["name"] for n in containers(program)["gateway"]["networks"]}
-    assert gateway_nets == {internal, f"{stack}-haven-edge"}
+    assert gateway_nets == {internal, edge}
+    assert on_edge == {EDGE, "gateway"}
 
 
 def test_search_and_worker_reach_ollama_through_an_egress_network(program: Program) -> None:
@@ -100,6 +125,9 @@ def test_image_references_come_from_config(program: Program) -> None:
         "staging": "registry.example.com/haven/gateway:1.0.0",
     }[_stack(program)]
     assert expected in refs
+    edge = {"dev": "appstack.local/caddy:2", "staging": "docker.io/library/caddy:2.8.4"}
+    assert edge[_stack(program)] in refs
+    assert containers(program)[EDGE]["image"] == edge[_stack(program)]
     assert not any(ref.endswith(":latest") for ref in refs)
 
 
@@ -136,6 +164,10 @@ def test_rollout_order_follows_the_design(program: Program) -> None:
     assert {p + "search", p + "gateway", p + "catalog"} <= deps("worker")
     assert {p + s for s in SERVICES + DATASTORES} <= deps("smoke")
     assert {p + "minio"} <= deps("bucket")
+    # The edge switches only once both it and the gateway's new release are up, and the smoke
+    # test runs through the switched edge.
+    assert {p + "caddy", p + "gateway"} <= deps("edge-route")
+    assert {p + "edge-route", p + "caddy"} <= deps("smoke")
 
 
 def test_physical_names_carry_the_stack_name(program: Program) -> None:
@@ -171,6 +203,9 @@ def test_containers_are_hardened(program: Program) -> None:
         assert "/tmp" in c["tmpfs"], name
         if name in SERVICES:
             assert c["read_only"] is True and c["cap_add"] == [], name
+        if name == EDGE:
+            # Exactly the one the official image's binary carries as a file capability.
+            assert c["read_only"] is True and c["cap_add"] == ["NET_BIND_SERVICE"], name
         if name != "worker":
             assert c["healthcheck"]["test"][0] == "CMD", name
 
@@ -195,21 +230,54 @@ def test_migration_inputs_carry_no_plaintext_credential(program: Program) -> Non
     assert migration.inputs["quiescent"] == [f"{stack}-haven-worker"]
 
 
-def test_maintenance_moves_the_public_port_to_the_responder() -> None:
+def test_each_role_rolls_out_as_designed(program: Program) -> None:
+    running = containers(program)
+    assert {name: c["rollout"] for name, c in running.items()} == ROLLOUTS
+    for name, c in running.items():
+        assert c["grace_s"] > 0, name
+        if c["mounts"]:
+            assert c["rollout"] == "stop-first", f"{name} has a volume and must never run twice"
+
+
+def test_no_container_or_volume_is_deleted_before_its_replacement(program: Program) -> None:
+    checked = program.of_type(CONTAINER) + program.of_type(VOLUME)
+    assert len(checked) >= len(ROLLOUTS) + 4
+    for res in checked:
+        assert not res.delete_before_replace, res.name
+
+
+def test_the_edge_routes_to_the_gateways_release_not_its_alias(program: Program) -> None:
+    route = edge_route(program)
+    gateway = f"{_stack(program)}-haven-gateway"
+    # The mocked engine names each release `<name>-0123abcd` (its `container_name` output): the
+    # edge follows a new release only when the route is updated to it, never by DNS.
+    assert route["upstream"] == f"{gateway}-0123abcd:8080"
+    assert f"reverse_proxy {gateway}-0123abcd:8080 {{" in route["caddyfile"]
+    assert (route["health_path"], route["health_status"]) == ("/v1/healthz", 200)
+    assert "respond" not in route["caddyfile"], "no maintenance answer outside maintenance"
+
+
+def test_maintenance_is_answered_at_the_edge() -> None:
     program = run("dev", overrides={"appstack:maintenance": "true"})
     running = containers(program)
-    published = [name for name, c in running.items() if c.get("ports")]
-    assert published == ["maintenance"]
-    responder = running["maintenance"]
-    assert responder["ports"] == [{"internal": 8080, "external": 18080, "ip": "127.0.0.1"}]
-    assert responder["image"] == running["gateway"]["image"]
-    assert responder["env"]["MAINTENANCE_UPSTREAM"] == "http://gateway:8080"
-    assert responder["labels"]["appstack.stands-in"] == "true"
-    assert "appstack.stands-in" not in running["gateway"]["labels"]
+    assert "maintenance" not in running, "no responder container any more"
+    assert set(running) == {*SERVICES, *DATASTORES, EDGE}
+    published = {name: c["ports"] for name, c in running.items() if c.get("ports")}
+    assert published == {EDGE: [{"internal": 8080, "external": 18080, "ip": "127.0.0.1"}]}
+    caddyfile = edge_route(program)["caddyfile"]
+    assert "@pass path /v1/healthz\n" in caddyfile
+    assert "\t\theader Retry-After 3600\n" in caddyfile
+    assert '\t\trespond `{"status":"maintenance"}` 503\n' in caddyfile
+    assert "reverse_proxy dev-haven-gateway-0123abcd:8080 {" in caddyfile
     smoke = program.named("dev-haven-smoke")
-    assert {c["name"]: c["expect_status"] for c in smoke.inputs["checks"]} == {
+    checks = {c["name"]: c for c in smoke.inputs["checks"]}
+    assert {name: c["expect_status"] for name, c in checks.items()} == {
         "gateway-health": 200,
         "maintenance": 503,
     }
+    assert checks["gateway-health"]["path"] == "/v1/healthz"
+    assert checks["maintenance"]["path"].startswith("/v1/search")
     normal = run("dev")
-    assert "maintenance" not in containers(normal)
+    assert "respond" not in edge_route(normal)["caddyfile"]
+    normal_checks = {c["name"] for c in normal.named("dev-haven-smoke").inputs["checks"]}
+    assert "maintenance" not in normal_checks

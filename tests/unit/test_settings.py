@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from components.settings import ConfigError
-from tests.unit.harness import SECRET_VALUES, run, stack_config
+from tests.unit.harness import SECRET_VALUES, Program, run, stack_config
 
 
 def _images(**changes: Any) -> dict[str, Any]:
@@ -18,6 +18,11 @@ def _images(**changes: Any) -> dict[str, Any]:
 
 GW = {"registry": "appstack.local", "repository": "haven-gateway"}
 DIGEST = "sha256:" + "a" * 64
+
+
+def _public(**fields: Any) -> dict[str, Any]:
+    return {"appstack:public": {"address": "127.0.0.1", "port": 18080, **fields}}
+
 
 CASES: list[tuple[str, dict[str, Any], str]] = [
     ("latest tag", _images(gateway={**GW, "tag": "latest"}), "appstack:images.gateway.tag"),
@@ -78,6 +83,48 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("ollama no scheme", {"appstack:ollama": {"url": "ollama:11434"}}, "appstack:ollama.url"),
     ("bad environment", {"appstack:environment": "qa"}, "appstack:environment"),
     ("bad bool", {"appstack:generateSecrets": "yes"}, "appstack:generateSecrets"),
+    (
+        "tls unknown mode",
+        _public(tls="sometimes"),
+        "appstack:public.tls: 'sometimes' is not one of off, internal, acme, certificate",
+    ),
+    (
+        "acme without host",
+        _public(tls="acme", acmeEmail="ops@example.com"),
+        "appstack:public.host: is required with public.tls acme",
+    ),
+    (
+        "acme without email",
+        _public(tls="acme", host="haven.example.com"),
+        "appstack:public.acmeEmail: is required with public.tls acme",
+    ),
+    (
+        "acme email not an address",
+        _public(tls="acme", host="haven.example.com", acmeEmail="ops"),
+        "appstack:public.acmeEmail: 'ops' is not an e-mail address",
+    ),
+    ("host not a dns name", _public(tls="internal", host="Not A Host"), "appstack:public.host"),
+    (
+        "certificate without the tls secrets",
+        _public(tls="certificate"),
+        "appstack:tlsCertificate: is required with public.tls certificate",
+    ),
+    (
+        "tlsPort with tls off",
+        _public(tlsPort=18443),
+        "appstack:public.tlsPort: is set but public.tls is off",
+    ),
+    ("unknown public field", _public(tlsMode="internal"), "appstack:public: unknown fields"),
+    (
+        "replicas 2 on docker",
+        {"appstack:services": {"gateway": {"replicas": 2}}},
+        "appstack:services.gateway.replicas: 2: the Docker platform runs one container per service",
+    ),
+    (
+        "edge replicas 2 on docker",
+        {"appstack:services": {"caddy": {"replicas": 2}}},
+        "appstack:services.caddy.replicas: 2",
+    ),
 ]
 
 
@@ -85,11 +132,46 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
 def test_bad_config_names_the_key_and_creates_nothing(
     label: str, overrides: dict[str, Any], expected: str
 ) -> None:
-    programs: list[Any] = []
+    attempt = Program()
     with pytest.raises(ConfigError) as err:
-        programs.append(run("dev", overrides=overrides))
+        run("dev", overrides=overrides, into=attempt)
     assert expected in str(err.value), f"{label}: {err.value}"
-    assert not programs
+    assert attempt.resources == [], f"{label}: registered {[r.name for r in attempt.resources]}"
+
+
+def test_the_harness_records_what_a_run_registered() -> None:
+    """The check above can fail: a good run registers into the Program it is handed."""
+    attempt = Program()
+    run("dev", into=attempt)
+    assert len(attempt.resources) > 20
+
+
+def test_certificate_mode_names_each_missing_tls_secret() -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"
+    attempt = Program()
+    with pytest.raises(ConfigError) as err:
+        run(
+            "dev",
+            overrides=_public(tls="certificate"),
+            secrets={"tlsCertificate": pem},
+            into=attempt,
+        )
+    assert "appstack:tlsKey: is required with public.tls certificate" in str(err.value)
+    assert "appstack:tlsCertificate" not in str(err.value)
+    assert pem not in str(err.value)
+    assert attempt.resources == []
+
+
+def test_replicas_above_one_are_fine_where_the_platform_scales() -> None:
+    k8s = run("prod", secrets=SECRET_VALUES)
+    gateway = next(
+        d
+        for d in k8s.of_type("kubernetes:apps/v1:Deployment")
+        if d.inputs["metadata"]["name"] == "gateway"
+    )
+    assert gateway.inputs["spec"]["replicas"] == 3
+    one = run("dev", overrides={"appstack:services": {"gateway": {"replicas": 1}}})
+    assert one.named("dev-haven-gateway")
 
 
 def test_missing_secret_on_staging_is_an_error_naming_it() -> None:
