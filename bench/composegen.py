@@ -6,14 +6,22 @@ resource with its inputs. The Docker platform's engine objects translate one to 
 - ``docker:Network`` -> a compose network (``internal: true`` kept); a network a container names
   that the stack does not create (Ollama's) -> an ``external`` network;
 - ``docker:Volume`` -> a compose volume (only those a container mounts);
-- ``docker:Container`` -> a service: image ref, command, environment, user, networks + aliases,
+- ``docker:Container`` -> a service named after the container's logical name (not its physical
+  name, which is unique per release): image ref, command, environment, user, networks + aliases,
   published ports, health check, restart policy, memory/CPU limits, read-only root, tmpfs,
   ``cap_drop: [ALL]`` + ``cap_add``, ``security_opt``, volumes, extra hosts, stop grace period;
 - a Pulumi dependency edge from one container to another -> ``depends_on`` with
   ``condition: service_healthy`` (``service_started`` when neither spec nor image has a check);
+- ``docker:EdgeRoute`` (the edge proxy's runtime configuration, loaded by appstack once the
+  upstream answers its health path) -> the edge container (Caddy, the only published port) runs
+  Caddy's stock ``caddy reverse-proxy --from :<port> --to <upstream service>:<port>`` instead of
+  ``caddy run --resume``, which would start with no configuration; Caddy's admin endpoint is off
+  under that command, so its health check is the upstream's health path through the proxy (what
+  the route's gate checks), and it depends on the upstream with ``service_healthy``. Same image,
+  environment, volume and limits as the Pulumi side. Only a plain-HTTP edge translates;
 - ``ops:OneOffTask`` (MinIO's bucket) -> a one-off service after its dependencies; compose's
-  ``up --wait`` fails on an exited service nobody depends on, so the public service adopts it with
-  ``service_completed_successfully`` (in Pulumi only the smoke test waits for it);
+  ``up --wait`` fails on an exited service nobody depends on, so the public service (the edge)
+  adopts it with ``service_completed_successfully`` (in Pulumi only the smoke test waits for it);
 - ``ops:Migration`` (sql-dir mode, an empty database) -> two one-off services: ``schema`` copies
   the schema directory out of the migration's source image into a volume, ``migrate`` runs its
   ``init.sql`` with ``psql`` from the client image in one transaction, only on a database without
@@ -46,6 +54,7 @@ T_VOLUME = "pulumi-python:dynamic/docker:Volume"
 T_IMAGE = "pulumi-python:dynamic/docker:Image"
 T_TASK = "pulumi-python:dynamic/ops:OneOffTask"
 T_MIGRATION = "pulumi-python:dynamic/ops:Migration"
+T_ROUTE = "pulumi-python:dynamic/docker:EdgeRoute"
 T_APP = "appstack:platforms:DockerApp"
 # init.sql DROPS and recreates Haven's tables: it may run on an empty database only. Compose
 # re-runs one-off services on every `up`, so the command keeps a ledger table as the Pulumi
@@ -88,13 +97,35 @@ def seconds(value: float) -> str:
     return f"{float(value):g}s"
 
 
-def program(stack: str, port: int, ollama_network: str) -> Any:
-    """The dev stack's program, run under mocks as ``stack``, public on ``port``."""
+def dev_images(tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``appstack:images`` of dev's config, with the image tag of some services replaced."""
+    from tests.unit.harness import stack_config
+
+    images = {
+        k: dict(v) if isinstance(v, Mapping) else v
+        for k, v in stack_config("dev")["appstack:images"].items()
+    }
+    for svc, tag in (tags or {}).items():
+        if not isinstance(images.get(svc), dict):
+            msg = f"appstack:images.{svc} in Pulumi.dev.yaml is not a {{registry, repository, tag}}"
+            raise ValueError(msg)
+        images[svc]["tag"] = tag
+    return images
+
+
+def program(
+    stack: str, port: int, ollama_network: str, tags: Mapping[str, str] | None = None
+) -> Any:
+    """The dev stack's program, run under mocks as ``stack``, public on ``port``.
+
+    ``tags`` sets the image tag of some services (``{"gateway": "0.2.0"}``) over dev's config.
+    """
     from tests.unit.harness import run
 
     overrides = {
         "appstack:public": {"address": "127.0.0.1", "port": port},
         "appstack:ollama": {"url": "http://ollama:11434", "network": ollama_network},
+        "appstack:images": dev_images(tags),
     }
     return run(stack, overrides=overrides, base="dev")
 
@@ -227,6 +258,8 @@ def generate(
         if deps:
             services[name]["depends_on"] = dict(sorted(deps.items()))
 
+    routes = [_edge_service(r, services, svc_of, by_urn) for r in res if r.type == T_ROUTE]
+
     migrations = [r for r in res if r.type == T_MIGRATION]
     for mig in migrations:
         m = plain(mig.inputs)
@@ -270,7 +303,9 @@ def generate(
             "labels": {"appstack.bench": project, "appstack.service": "migrate"},
         }
 
-    public = [n for n, s in services.items() if s.get("ports")]
+    public = [edge for edge, _upstream in routes] or [
+        n for n, s in services.items() if s.get("ports")
+    ]
     tasks = [r for r in res if r.type == T_TASK]
     for task in tasks:
         t = plain(task.inputs)
@@ -310,8 +345,43 @@ def generate(
         "one_off": [n for n in services if n not in svc_of.values()],
         "gated_by_migration": gated_by_migration,
         "public": public,
+        "upstream": [upstream for _edge, upstream in routes],
     }
     return doc, facts
+
+
+def _edge_service(
+    route: Any, services: dict[str, Any], svc_of: Mapping[str, str], by_urn: Mapping[str, Any]
+) -> tuple[str, str]:
+    """Turn the edge container the route configures into a stock ``caddy reverse-proxy``.
+
+    Returns (edge service, upstream service). The route depends on exactly those two containers;
+    the upstream is the one whose release name its ``upstream`` (``<physical name>:<port>``) names.
+    """
+    r = plain(route.inputs)
+    host, _, port = str(r.get("upstream") or "").rpartition(":")
+    pair = [d for d in route.dependencies if d in svc_of]
+    named = [d for d in pair if host.startswith(str(by_urn[d].inputs["name"]) + "-")]
+    if len(pair) != 2 or len(named) != 1 or not port.isdigit():
+        msg = f"edge route {route.name}: cannot tell edge from upstream ({r.get('upstream')!r})"
+        raise ValueError(msg)
+    upstream = svc_of[named[0]]
+    edge = next(svc_of[d] for d in pair if d != named[0])
+    svc = services[edge]
+    published = svc.get("ports") or []
+    if r.get("internal_ca") or r.get("files") or len(published) != 1:
+        msg = f"edge route {route.name}: only a plain-HTTP edge on one port translates to compose"
+        raise ValueError(msg)
+    listen = int(published[0].rsplit(":", 1)[1])
+    svc["command"] = ["caddy", "reverse-proxy", "--from", f":{listen}",
+                      "--to", f"{upstream}:{int(port)}"]  # fmt: skip
+    if svc.get("healthcheck"):
+        # `caddy reverse-proxy` runs without the admin endpoint the spec's check asks.
+        url = f"http://127.0.0.1:{listen}{r['health_path']}"
+        svc["healthcheck"]["test"] = ["CMD", "wget", "-q", "-O", "/dev/null", url]
+    svc.setdefault("depends_on", {})[upstream] = {"condition": "service_healthy"}
+    svc["depends_on"] = dict(sorted(svc["depends_on"].items()))
+    return edge, upstream
 
 
 def dump(doc: Mapping[str, Any]) -> str:

@@ -6,21 +6,29 @@
 Both sides deploy Haven's dev topology from empty on the same Docker engine, side by side in one
 run: the compose file is generated from the very specs the Pulumi program registers
 (``bench/composegen.py``, the program under mocks), the Pulumi side is the real program in a scratch
-copy with its own file backend (``tests/e2e/stack.py``). Each round measures, per side:
+copy with its own file backend (``tests/e2e/stack.py``). The only published port on either side is
+the edge proxy (Caddy) in front of the gateway. Each round measures, per side:
 
-1. ``docker compose up -d --wait`` from empty (project ``bench-compose``, gateway on 18291);
-2. ``docker compose up -d --wait`` again: the no-op;
-3. ``pulumi up`` from empty (stack ``bench``, gateway on 18290);
-4. ``pulumi up`` again: the no-op (Pulumi's smoke test runs on every ``up``; compose has none);
+1. deploy from empty, gateway 0.1.0: ``docker compose up -d --wait`` (project ``bench-compose``,
+   edge on 18291) / ``pulumi up`` (stack ``bench``, edge on 18290);
+2. the same command again: the no-op (Pulumi's smoke test runs on every ``up``; compose has none);
+3. a gateway tag change 0.1.0 -> 0.2.0: ``docker compose up -d --wait`` of the file generated with
+   the new tag / ``pulumi config set --path appstack:images.gateway.tag 0.2.0`` (untimed) then
+   ``pulumi up``. Meanwhile a thread sends ``GET /v1/healthz`` to the published port every 50 ms
+   (one request at a time, 5 s timeout), from its first success before the command until 1 s after
+   it, and records the failed requests (not 200, or no answer) and the longest time between two
+   successful answers;
 
 and tears each side down in between (``compose down -v``; ``pulumi destroy``), so the two never
 run at the same time. After every timed step, and outside the timing, the deployment must answer
 ``GET /v1/healthz`` through its published port (compose also gets the smoke test's search checks)
-and run the same long-running containers. Ollama is outside both stacks: a stand-in container
-on a network of its own per side, as in tests/e2e. Rounds alternate which side goes first.
+and run the same long-running containers, after the change with the gateway on the new image.
+Ollama is outside both stacks: a stand-in container on a network of its own per side, as in
+tests/e2e. Rounds alternate which side goes first.
 
-The output is a table of wall times and the ratios pulumi/compose. No figure is asserted: times on
-a shared machine vary, the ratios measured side by side are what to read.
+The output is a table of wall times and the ratios pulumi/compose, then what the clients saw during
+the tag change. No figure is asserted: times on a shared machine vary, the figures measured side by
+side are what to read.
 """
 
 from __future__ import annotations
@@ -35,8 +43,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,14 +59,19 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 
 from bench import composegen  # noqa: E402
+from tests.e2e.stack import OLLAMA_IMAGE  # noqa: E402
 
 STACK = "bench"
 PROJECT = "bench-compose"
 PULUMI_PORT = 18290
 COMPOSE_PORT = 18291
-from tests.e2e.stack import OLLAMA_IMAGE  # noqa: E402
-
+GATEWAY_FROM = "0.1.0"
+GATEWAY_TO = "0.2.0"
+GATEWAY_IMAGE = "appstack.local/haven-gateway"
 STEP_TIMEOUT_S = 900
+PROBE_EVERY_S = 0.05
+PROBE_TIMEOUT_S = 5.0
+PROBE_TAIL_S = 1.0
 
 
 def log(msg: str) -> None:
@@ -186,6 +202,108 @@ def running_services(label: str) -> list[str]:
     return sorted(out.split())
 
 
+def check_gateway_image(label: str, ref: str) -> None:
+    """Exactly one gateway container runs, and on the image ``ref`` (compared by image id)."""
+    ids = docker("ps", "-q", "--filter", f"label={label}", "--filter", "status=running",
+                 "--filter", "label=appstack.service=gateway").split()  # fmt: skip
+    want = docker("image", "inspect", "-f", "{{.Id}}", ref)
+    got = [docker("inspect", "-f", "{{.Image}}", i) for i in ids]
+    if got != [want]:
+        msg = f"{label}: running gateway image(s) {got}, want one on {ref} ({want})"
+        raise RuntimeError(msg)
+
+
+# -- what clients see during a change (never part of the timing) ----------------------------------
+
+
+@dataclass
+class Probe:
+    """What a client polling ``/v1/healthz`` saw while one command ran."""
+
+    sent: int = 0
+    failed: int = 0
+    longest_gap_s: float = 0.0
+    """Longest time between two successful answers (end to end, so a slow answer counts)."""
+    slowest_s: float = 0.0
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+class Prober(threading.Thread):
+    """``GET /v1/healthz`` every ``PROBE_EVERY_S``, one request at a time, until stopped."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(name=f"probe-{port}", daemon=True)
+        self.url = f"http://127.0.0.1:{port}/v1/healthz"
+        self.probe = Probe()
+        self.first_ok = threading.Event()
+        self.stop = threading.Event()
+        self._last_ok: float | None = None
+
+    def run(self) -> None:
+        """Poll on a fixed 50 ms schedule; ticks missed by a slow request are skipped."""
+        # A fresh connection per request, as separate clients would open them.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(timeout=PROBE_TIMEOUT_S, limits=limits) as http:
+            tick = time.monotonic()
+            while not self.stop.is_set():
+                self._once(http)
+                now = time.monotonic()
+                tick += PROBE_EVERY_S * max(1, int((now - tick) / PROBE_EVERY_S) + 1)
+                self.stop.wait(max(0.0, tick - now))
+        if self._last_ok is not None:  # an outage still open at the end counts too
+            gap = time.monotonic() - self._last_ok
+            self.probe.longest_gap_s = max(self.probe.longest_gap_s, gap)
+
+    def _once(self, http: httpx.Client) -> None:
+        start = time.monotonic()
+        try:
+            status = http.get(self.url).status_code
+            what = str(status)
+        except httpx.HTTPError as exc:
+            status, what = 0, type(exc).__name__
+        end = time.monotonic()
+        if not self.first_ok.is_set():  # before the change starts: not counted
+            if status == 200:
+                self._last_ok = end
+                self.first_ok.set()
+            return
+        p = self.probe
+        p.sent += 1
+        p.slowest_s = max(p.slowest_s, end - start)
+        if status != 200:
+            p.failed += 1
+            p.errors[what] += 1
+            return
+        if self._last_ok is not None:
+            p.longest_gap_s = max(p.longest_gap_s, end - self._last_ok)
+        self._last_ok = end
+
+
+@contextmanager
+def probing(port: int) -> Iterator[Probe]:
+    """Poll the published port around the block: from a first success to ``PROBE_TAIL_S`` after."""
+    prober = Prober(port)
+    prober.start()
+    try:
+        if not prober.first_ok.wait(30):
+            msg = f"{prober.url} never answered 200 before the change"
+            raise RuntimeError(msg)
+        yield prober.probe
+        time.sleep(PROBE_TAIL_S)
+    finally:
+        prober.stop.set()
+        prober.join(PROBE_TIMEOUT_S + 5)
+
+
+def describe(probe: Probe) -> str:
+    """One line for the log."""
+    errors = ", ".join(f"{k} x{v}" for k, v in probe.errors.most_common()) or "none"
+    return (
+        f"{probe.failed}/{probe.sent} failed ({errors}), longest gap {probe.longest_gap_s:.2f}s, "
+        f"slowest {probe.slowest_s:.2f}s"
+    )
+
+
 # -- the two sides --------------------------------------------------------------------------------
 
 
@@ -195,15 +313,34 @@ class Side:
 
     cold: list[float] = field(default_factory=list)
     noop: list[float] = field(default_factory=list)
+    change: list[float] = field(default_factory=list)
     down: list[float] = field(default_factory=list)
+    probes: list[Probe] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
-def run_compose(file: Path, env: dict[str, str], logs: Path, rnd: int, token: str,
-                expect: list[str], side: Side) -> None:  # fmt: skip
-    """Compose from empty, again (no-op), then down -v."""
+def compose_up(file: Path) -> list[str]:
+    """``docker compose up -d --wait`` of ``file`` (plain progress: its log says what it did)."""
     base = ["docker", "compose", "--progress", "plain", "-p", PROJECT, "-f", str(file)]
-    up = [*base, "up", "-d", "--wait", "--wait-timeout", "600"]
+    return [*base, "up", "-d", "--wait", "--wait-timeout", "600"]
+
+
+def recreates(output: str) -> set[str]:
+    """Containers compose's plain progress says it recreated (``Container X  Recreate``)."""
+    found = set()
+    for line in output.splitlines():
+        words = line.split()
+        if "Recreate" in words[1:]:
+            found.add(words[words.index("Recreate") - 1])
+    return found
+
+
+def run_compose(files: tuple[Path, Path], env: dict[str, str], logs: Path, rnd: int, token: str,
+                expect: list[str], side: Side) -> None:  # fmt: skip
+    """Compose from empty, again (no-op), the gateway tag change, then down -v."""
+    file, changed = files
+    base = ["docker", "compose", "--progress", "plain", "-p", PROJECT, "-f", str(changed)]
+    up = compose_up(file)
     log(f"round {rnd}: docker compose up --wait (from empty)")
     first = timed(up, logs / f"compose-up-{rnd}.log", env=env)
     what = check_serving(COMPOSE_PORT, token)
@@ -219,14 +356,28 @@ def run_compose(file: Path, env: dict[str, str], logs: Path, rnd: int, token: st
     if "schema present" not in migrate_log:
         msg = f"compose no-op: migrate did not find its ledger: {migrate_log[-500:]!r}"
         raise RuntimeError(msg)
-    recreated = [line for line in again.output.splitlines() if "Recreate" in line]
-    if recreated:
-        side.notes.append(f"round {rnd}: compose no-op recreated: {recreated[:3]}")
+    if recreated := sorted(recreates(again.output)):
+        side.notes.append(f"round {rnd}: compose no-op recreated: {recreated}")
+    label = f"appstack.bench={PROJECT}"
+    check_gateway_image(label, f"{GATEWAY_IMAGE}:{GATEWAY_FROM}")
+    log(f"round {rnd}: docker compose up --wait (gateway {GATEWAY_FROM} -> {GATEWAY_TO})")
+    with probing(COMPOSE_PORT) as probe:
+        change = timed(compose_up(changed), logs / f"compose-change-{rnd}.log", env=env)
+    check_serving(COMPOSE_PORT, token)
+    check_gateway_image(label, f"{GATEWAY_IMAGE}:{GATEWAY_TO}")
+    if (got := running_services(label)) != expect:
+        msg = f"compose runs {got} after the tag change, want {expect}"
+        raise RuntimeError(msg)
+    recreated = sorted(recreates(change.output))
+    side.notes.append(f"round {rnd}: compose tag change recreated {recreated}")
+    log(f"round {rnd}: compose change {change.seconds:.1f}s, clients: {describe(probe)}")
     log(f"round {rnd}: docker compose down -v")
     down = timed([*base, "down", "-v", "--remove-orphans"], logs / f"compose-down-{rnd}.log",
                  env=env)  # fmt: skip
     side.cold.append(first.seconds)
     side.noop.append(again.seconds)
+    side.change.append(change.seconds)
+    side.probes.append(probe)
     side.down.append(down.seconds)
 
 
@@ -262,6 +413,19 @@ def run_pulumi(stack: Any, logs: Path, rnd: int, expect: list[str], side: Side) 
     again = timed(up, logs / f"pulumi-noop-{rnd}.log", cwd=stack.workdir, env=env)
     check_serving(PULUMI_PORT)
     side.notes.append(f"round {rnd}: pulumi no-op: {resources_summary(again.output)}")
+    label = f"appstack.stack={STACK}"
+    check_gateway_image(label, f"{GATEWAY_IMAGE}:{GATEWAY_FROM}")
+    log(f"round {rnd}: pulumi up (gateway {GATEWAY_FROM} -> {GATEWAY_TO})")
+    set_gateway_tag(stack, GATEWAY_TO)
+    with probing(PULUMI_PORT) as probe:
+        change = timed(up, logs / f"pulumi-change-{rnd}.log", cwd=stack.workdir, env=env)
+    check_serving(PULUMI_PORT)
+    check_gateway_image(label, f"{GATEWAY_IMAGE}:{GATEWAY_TO}")
+    if (got := running_services(label)) != expect:
+        msg = f"pulumi runs {got} after the tag change, want {expect}"
+        raise RuntimeError(msg)
+    side.notes.append(f"round {rnd}: pulumi tag change: {resources_summary(change.output)}")
+    log(f"round {rnd}: pulumi change {change.seconds:.1f}s, clients: {describe(probe)}")
     log(f"round {rnd}: pulumi destroy")
     destroy = [
         "pulumi",
@@ -273,9 +437,18 @@ def run_pulumi(stack: Any, logs: Path, rnd: int, expect: list[str], side: Side) 
         STACK,
     ]
     down = timed(destroy, logs / f"pulumi-destroy-{rnd}.log", cwd=stack.workdir, env=env)
+    set_gateway_tag(stack, GATEWAY_FROM)  # the next round deploys the old tag from empty again
     side.cold.append(first.seconds)
     side.noop.append(again.seconds)
+    side.change.append(change.seconds)
+    side.probes.append(probe)
     side.down.append(down.seconds)
+
+
+def set_gateway_tag(stack: Any, tag: str) -> None:
+    """``pulumi config set --path appstack:images.gateway.tag TAG``, as an operator would."""
+    stack.pulumi("config", "set", "--path", "--stack", STACK, "appstack:images.gateway.tag", tag,
+                 check=True)  # fmt: skip
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -287,40 +460,90 @@ def median(values: Sequence[float]) -> float:
 
 
 def report(compose: Side, pulumi: Side, rounds: int, meta: dict[str, Any]) -> dict[str, Any]:
-    """Print the table and ratios; the same as a dict."""
+    """Print the tables and ratios; the same as a dict."""
+    change = f"gateway {GATEWAY_FROM}->{GATEWAY_TO}"
     rows = [
-        ("from empty", "docker compose up --wait", compose.cold, "pulumi up", pulumi.cold),
-        ("no-op", "docker compose up --wait", compose.noop, "pulumi up", pulumi.noop),
-        ("teardown", "docker compose down -v", compose.down, "pulumi destroy", pulumi.down),
+        ("from empty", compose.cold, pulumi.cold),
+        ("no-op", compose.noop, pulumi.noop),
+        (change, compose.change, pulumi.change),
+        ("teardown", compose.down, pulumi.down),
     ]
+    width = max(len(step) for step, _c, _p in rows)
     print()
     print(f"Deploy benchmark: Haven dev topology, {rounds} round(s), {meta['machine']}")
     print(f"  compose {meta['compose']}, pulumi {meta['pulumi']}, docker engine {meta['engine']}")
-    head = f"{'step':<11} {'compose (s)':>14} {'pulumi (s)':>14} {'pulumi/compose':>15}"
+    head = f"{'step':<{width}} {'compose (s)':>12} {'pulumi (s)':>12} {'pulumi/compose':>15}"
     print(head)
     print("-" * len(head))
     out: dict[str, Any] = {"meta": meta, "rounds": rounds, "steps": {}}
-    for step, _c_cmd, c_vals, _p_cmd, p_vals in rows:
+    for step, c_vals, p_vals in rows:
         c, p = median(c_vals), median(p_vals)
         ratio = p / c if c else float("nan")
-        print(f"{step:<11} {c:>14.2f} {p:>14.2f} {ratio:>14.2f}x")
+        print(f"{step:<{width}} {c:>12.2f} {p:>12.2f} {ratio:>14.2f}x")
         out["steps"][step] = {"compose_s": c_vals, "pulumi_s": p_vals, "ratio_median": ratio}
     if rounds > 1:
-        print("(medians over rounds; per round:)")
-        for step, _c, c_vals, _p, p_vals in rows:
+        print("(medians over rounds; per round, compose/pulumi:)")
+        for step, c_vals, p_vals in rows:
             pairs = ", ".join(
                 f"{c:.1f}/{p:.1f}" for c, p in itertools.zip_longest(c_vals, p_vals, fillvalue=0.0)
             )
-            print(f"  {step:<11} compose/pulumi: {pairs}")
+            print(f"  {step:<{width}} {pairs}")
+    out["clients"] = report_clients(compose.probes, pulumi.probes, rounds)
     print()
     cold = out["steps"]["from empty"]["ratio_median"]
-    noop = median(pulumi.noop)
+    noop = out["steps"]["no-op"]["ratio_median"]
+    tag = out["steps"][change]["ratio_median"]
     print(f"pulumi up / docker compose up --wait, from empty: {cold:.2f}x")
-    print(f"no-op pulumi up: {noop:.2f}s (compose no-op {median(compose.noop):.2f}s)")
+    print(f"pulumi up / docker compose up --wait, no-op: {noop:.2f}x "
+          f"({median(pulumi.noop):.2f}s vs {median(compose.noop):.2f}s)")  # fmt: skip
+    print(f"pulumi up / docker compose up --wait, {change}: {tag:.2f}x; failed requests "
+          f"{_counts(compose.probes, 'failed')} vs {_counts(pulumi.probes, 'failed')}, "
+          f"longest gap {_gaps(compose.probes)} vs {_gaps(pulumi.probes)}")  # fmt: skip
     for note in compose.notes + pulumi.notes:
         print(f"  note: {note}")
     out["notes"] = compose.notes + pulumi.notes
     return out
+
+
+def _counts(probes: Sequence[Probe], attr: str) -> str:
+    return "/".join(str(getattr(p, attr)) for p in probes) or "-"
+
+
+def _gaps(probes: Sequence[Probe]) -> str:
+    return "/".join(f"{p.longest_gap_s:.2f}s" for p in probes) or "-"
+
+
+def report_clients(
+    compose: Sequence[Probe], pulumi: Sequence[Probe], rounds: int
+) -> dict[str, Any]:
+    """Print what the polling client saw during the tag change, per side; the same as a dict."""
+    print()
+    every = f"{PROBE_EVERY_S * 1000:g} ms"
+    rounds_note = " (per round, /-separated)" if rounds > 1 else ""
+    print(f"Clients during the gateway tag change: GET /v1/healthz every {every}{rounds_note}")
+    head = f"{'':<22} {'compose':>20} {'pulumi':>20}"
+    print(head)
+    print("-" * len(head))
+    lines = [
+        ("requests", _counts(compose, "sent"), _counts(pulumi, "sent")),
+        ("failed", _counts(compose, "failed"), _counts(pulumi, "failed")),
+        ("longest gap", _gaps(compose), _gaps(pulumi)),
+        ("slowest request", "/".join(f"{p.slowest_s:.2f}s" for p in compose) or "-",
+         "/".join(f"{p.slowest_s:.2f}s" for p in pulumi) or "-"),
+    ]  # fmt: skip
+    for what, c, p in lines:
+        print(f"{what:<22} {c:>20} {p:>20}")
+    for side, probes in (("compose", compose), ("pulumi", pulumi)):
+        for i, probe in enumerate(probes, 1):
+            if probe.errors:
+                errors = ", ".join(f"{k} x{v}" for k, v in probe.errors.most_common())
+                print(f"  {side} round {i} failures: {errors}")
+
+    def as_dict(probe: Probe) -> dict[str, Any]:
+        return {"sent": probe.sent, "failed": probe.failed, "errors": dict(probe.errors),
+                "longest_gap_s": probe.longest_gap_s, "slowest_s": probe.slowest_s}  # fmt: skip
+
+    return {"compose": [as_dict(p) for p in compose], "pulumi": [as_dict(p) for p in pulumi]}
 
 
 def versions(env: dict[str, str]) -> dict[str, str]:
@@ -343,12 +566,50 @@ def versions(env: dict[str, str]) -> dict[str, str]:
     }
 
 
+def compose_files(
+    tmp: Path, ollama_network: str, keep: Path | None
+) -> tuple[tuple[Path, Path], dict[str, Any]]:
+    """The compose file of the old gateway tag and that of the new one; facts about the first.
+
+    The second must differ from the first in the gateway's image only, as the Pulumi side's
+    change does (one config key).
+    """
+    docs = []
+    for tag in (GATEWAY_FROM, GATEWAY_TO):
+        prog = composegen.program(PROJECT, COMPOSE_PORT, ollama_network, {"gateway": tag})
+        docs.append(composegen.generate(prog, PROJECT))
+    (old, facts), (new, _) = docs
+    diff = [
+        name for name in sorted(set(old["services"]) | set(new["services"]))
+        if old["services"].get(name) != new["services"].get(name)
+    ]  # fmt: skip
+    want = {**old["services"]["gateway"], "image": f"{GATEWAY_IMAGE}:{GATEWAY_TO}"}
+    if diff != ["gateway"] or new["services"]["gateway"] != want:
+        msg = f"the tag change's compose file differs in {diff}, not just the gateway's image"
+        raise RuntimeError(msg)
+    paths = (tmp / "compose.yaml", tmp / f"compose-gateway-{GATEWAY_TO}.yaml")
+    for path, doc in zip(paths, (old, new), strict=True):
+        path.write_text(composegen.dump(doc))
+    if keep:
+        keep.write_text(composegen.dump(old))
+        keep.with_name(f"{keep.stem}-gateway-{GATEWAY_TO}{keep.suffix}").write_text(
+            composegen.dump(new)
+        )
+    upstream = facts["upstream"][0] if facts["upstream"] else facts["public"][0]
+    facts["token"] = old["services"][upstream]["environment"]["AUTH_TOKEN"]
+    return paths, facts
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; exit 0 when every deployment came up and answered."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="rounds (alternating order)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--keep-compose", type=Path, help="copy the generated compose file here")
+    parser.add_argument(
+        "--keep-compose",
+        type=Path,
+        help="copy the generated compose file here (and the tag change's beside)",
+    )
     parser.add_argument("--only", choices=("compose", "pulumi"), help="run one side only")
     args = parser.parse_args(argv)
 
@@ -366,20 +627,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     compose_env = ensure_compose() if args.only != "pulumi" else dict(os.environ)
     compose_net = f"appstack-{PROJECT}-ollama"
-    doc, facts = composegen.generate(
-        composegen.program(PROJECT, COMPOSE_PORT, compose_net), PROJECT
-    )
-    compose_file = tmp / "compose.yaml"
-    compose_file.write_text(composegen.dump(doc))
-    if args.keep_compose:
-        args.keep_compose.write_text(composegen.dump(doc))
+    files, facts = compose_files(tmp, compose_net, args.keep_compose)
+    compose_file = files[0]
     expect = sorted(facts["containers"])
-    token = doc["services"][facts["public"][0]]["environment"]["AUTH_TOKEN"]
-    log(f"compose file {compose_file}: {len(expect)} services + one-off {facts['one_off']}")
+    token = facts["token"]
+    log(f"compose file {compose_file}: {len(expect)} services + one-off {facts['one_off']}, "
+        f"edge {facts['public']} -> {facts['upstream']}; tag change: {files[1]}")  # fmt: skip
 
     stack = None
     if args.only != "compose":
-        stack = Stack.create(tmp / "pulumi", STACK, PULUMI_PORT, {})
+        images = composegen.dev_images({"gateway": GATEWAY_FROM})
+        stack = Stack.create(tmp / "pulumi", STACK, PULUMI_PORT, {"appstack:images": images})
     compose, pulumi = Side(), Side()
     compose_base = ["docker", "compose", "-p", PROJECT, "-f", str(compose_file)]
     try:
@@ -394,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sides = ["compose", "pulumi"] if rnd % 2 else ["pulumi", "compose"]
             for which in sides:
                 if which == "compose" and args.only != "pulumi":
-                    run_compose(compose_file, compose_env, logs, rnd, token, expect, compose)
+                    run_compose(files, compose_env, logs, rnd, token, expect, compose)
                 elif which == "pulumi" and stack is not None:
                     run_pulumi(stack, logs, rnd, expect, pulumi)
     finally:

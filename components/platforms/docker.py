@@ -222,6 +222,8 @@ class DockerApp(pulumi.ComponentResource):
             "stop_timeout_s": 30,
             "docker_host": self._host,
             "rollout": rollout(svc),
+            # The edge stops the public service's old release once it has switched away from it.
+            "retired_by_edge": bool(self._app.edge and self._app.edge.upstream == svc.name),
             "wait_timeout_s": self._settings.deploy_timeout_s,
             "grace_s": 10,
         }
@@ -303,6 +305,11 @@ class DockerApp(pulumi.ComponentResource):
                 files=files,
                 internal_ca=spec.tls is TlsMode.INTERNAL,
                 docker_host=self._host,
+                retire={
+                    "name": f"{self._prefix}-{spec.upstream}",
+                    "labels": self._labels(spec.upstream),
+                    "stop_timeout_s": 30,
+                },
             ),
             opts=self._opts(depends_on=[caddy, upstream]),
         )
@@ -365,7 +372,10 @@ class DockerApp(pulumi.ComponentResource):
         spec = self._app.smoke
         if spec is None:
             return None
-        ca = self.route.ca_pem if self.route else ""
+        ca: pulumi.Input[str] = self.route.ca_pem if self.route else ""
+        edge_spec = self._app.edge
+        if edge_spec and edge_spec.tls is TlsMode.CERTIFICATE and edge_spec.certificate:
+            ca = edge_spec.certificate
         return SmokeTest(
             f"{self._name}-smoke",
             smoke_args(spec, self._entry_url(), ca),

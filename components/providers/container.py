@@ -6,7 +6,11 @@ under the service's aliases beside its predecessor, and must prove itself health
 moves on; the predecessor is deleted only at the end of the update. How the two overlap is the
 ``rollout`` input, chosen per role by the platform:
 
-- ``start-first``: the predecessor keeps serving while the new one starts (stateless services).
+- ``start-first``: the predecessor keeps serving while the new one starts (stateless services),
+  and is stopped (gracefully, SIGTERM) once the new one is healthy, so that what runs next (the
+  services that depend on it, the smoke test) meets the new release only, as after a Kubernetes
+  rolling update. The edge's upstream is the exception (``retired_by_edge``): its predecessor
+  keeps serving until the edge has switched to the new one (``EdgeRoute``).
 - ``stop-first``: the predecessor is stopped (not removed) first, because two of them must not
   run at once: a data store on one volume, a worker that claims jobs, the edge that holds a host
   port. If the new one never gets healthy it is removed and the predecessor started again.
@@ -51,7 +55,7 @@ CONTAINER_KEYS = (
     "labels", "extra_hosts", "stop_timeout_s", "docker_host",
 )  # fmt: skip
 """Inputs that decide the container: Docker cannot change any of them in place."""
-TUNING_KEYS = ("rollout", "wait_timeout_s", "grace_s")
+TUNING_KEYS = ("rollout", "wait_timeout_s", "grace_s", "retired_by_edge")
 """Inputs that only steer how a container is rolled out: updated in place."""
 ROLLOUTS = ("start-first", "stop-first")
 NANO = 1_000_000_000
@@ -189,10 +193,15 @@ def wait_ready(container: Any, props: Mapping[str, Any], secrets: Sequence[str])
     """
     name = props["name"]
     test = list((props.get("healthcheck") or {}).get("test") or [])
+    if not test:
+        # No check in the spec: the image's own HEALTHCHECK, when it has one, is the gate.
+        container.reload()
+        test = list((container.attrs["Config"].get("Healthcheck") or {}).get("Test") or [])
+        test = [] if test[:1] == ["NONE"] else test
     timeout = float(props.get("wait_timeout_s") or 180)
     grace = float(props.get("grace_s") or 10)
     deadline = time.monotonic() + timeout
-    has_health = bool(props.get("healthcheck"))
+    has_health = bool(test)
     started = time.monotonic()
     next_probe = started
     while True:
@@ -212,9 +221,10 @@ def wait_ready(container: Any, props: Mapping[str, Any], secrets: Sequence[str])
             raise _failure(container, f"container {name} unhealthy", secrets)
         if has_health and health == "healthy":
             return
-        if test[:1] == ["CMD"] and state.get("Running") and time.monotonic() >= next_probe:
+        if state.get("Running") and time.monotonic() >= next_probe:
             next_probe = time.monotonic() + START_INTERVAL_S
-            if _probe(container, test[1:]):
+            command = test[1:] if test[:1] == ["CMD"] else ["sh", "-c", *test[1:2]]
+            if test[:1] in (["CMD"], ["CMD-SHELL"]) and _probe(container, command):
                 return
         if not has_health and state.get("Running") and time.monotonic() - started >= grace:
             return
@@ -245,6 +255,20 @@ def _bound_ports(container: Any) -> set[tuple[str, int]]:
         for bs in bindings.values()
         for b in bs or []
     }
+
+
+def predecessors(docker_client: Any, props: Mapping[str, Any], new_name: str) -> list[Any]:
+    """Running releases of this service but ``new_name`` (by label, or the pre-label name)."""
+    stack = labels_of(props).get(STACK_LABEL)
+    if not stack:
+        return []
+    found = []
+    filters = {"label": f"{STACK_LABEL}={stack}", "status": "running"}
+    for other in docker_client.containers.list(filters=filters):
+        same = other.labels.get(NAME_LABEL) == props["name"] or other.name == props["name"]
+        if same and other.name != new_name:
+            found.append(other)
+    return found
 
 
 def _in_the_way(docker_client: Any, props: Mapping[str, Any], new_name: str) -> list[Any]:
@@ -310,6 +334,10 @@ class ContainerProvider(ResourceProvider):
                 container = _create(docker_client, props, name)
                 container.start()
                 wait_ready(container, props, secrets)
+                if props.get("rollout") != "stop-first" and not props.get("retired_by_edge"):
+                    for old in predecessors(docker_client, props, name):
+                        pulumi.log.info(f"{props['name']}: {name} is healthy, stopping {old.name}")
+                        old.stop(timeout=stop_timeout)
             except Exception as exc:
                 if container is not None:
                     remove(docker_client, container.id, 5)

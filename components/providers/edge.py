@@ -22,7 +22,7 @@ import hashlib
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -40,7 +40,9 @@ from components.providers.engine_base import EngineError, changed, client
 from components.providers.runner import log_tail, redact
 
 KEYS = ("docker_host", "container_id", "upstream", "health_path", "health_status", "caddyfile",
-        "files", "internal_ca")  # fmt: skip
+        "files", "internal_ca", "retire")  # fmt: skip
+DRAIN_S = 2.0
+"""How long requests the old configuration already sent to the old release get to finish."""
 _STATUS = re.compile(r"HTTP/\d(?:\.\d)? (\d{3})")
 
 
@@ -115,6 +117,22 @@ def _internal_ca(container: Any) -> str:
         time.sleep(0.25)
 
 
+def _retire(docker_client: Any, props: Mapping[str, Any]) -> None:
+    """Stop the upstream's earlier releases now that the edge no longer sends them requests."""
+    from components.providers.container import predecessors
+
+    retire = props.get("retire") or {}
+    if not retire:
+        return
+    current = str(props["upstream"]).rsplit(":", 1)[0]
+    old = predecessors(docker_client, retire, current)
+    if old:
+        time.sleep(DRAIN_S)
+    for container in old:
+        pulumi.log.info(f"edge switched to {current}: stopping {container.name}")
+        container.stop(timeout=int(retire.get("stop_timeout_s") or 30))
+
+
 class EdgeRouteProvider(ResourceProvider):
     """Loads the edge's configuration once its new upstream answers."""
 
@@ -128,6 +146,7 @@ class EdgeRouteProvider(ResourceProvider):
             _gate(container, props, float(props.get("gate_timeout_s") or 60))
             _write_and_reload(container, props)
             ca = _internal_ca(container) if props.get("internal_ca") else ""
+            _retire(docker_client, props)
         digest = hashlib.sha256(str(props["caddyfile"]).encode()).hexdigest()
         pulumi.log.info(f"edge now routes to {props['upstream']} (config {digest[:12]})")
         return {**props, "ca_pem": ca, "config_sha256": digest}
@@ -171,6 +190,8 @@ class EdgeRouteArgs:
     internal_ca: bool
     docker_host: str | None = None
     gate_timeout_s: float = 60
+    retire: Mapping[str, Any] = field(default_factory=dict)
+    """The upstream's stable name and labels: its earlier releases stop after the switch."""
 
 
 class EdgeRoute(Resource, module="docker", name="EdgeRoute"):
@@ -194,6 +215,7 @@ class EdgeRoute(Resource, module="docker", name="EdgeRoute"):
             "files": pulumi.Output.secret(files) if args.files else {},
             "internal_ca": args.internal_ca,
             "gate_timeout_s": args.gate_timeout_s,
+            "retire": dict(args.retire),
             "ca_pem": None,
             "config_sha256": None,
         }

@@ -130,12 +130,19 @@ def run_check(
 
 
 def _verify(ca_pem: str | None) -> Any:
-    """TLS verification: the system's trust store, or only the CA the edge returned."""
+    """TLS verification: the system's trust store, plus the edge's own CA or certificate.
+
+    A certificate given to the edge (it may be self-signed, or a leaf of a private CA) is trusted
+    as an anchor of its own: the check is that the edge serves exactly it.
+    """
     if not ca_pem:
         return True
     import ssl
 
-    return ssl.create_default_context(cadata=ca_pem)
+    context = ssl.create_default_context()
+    context.load_verify_locations(cadata=ca_pem)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
 
 
 def run_checks(

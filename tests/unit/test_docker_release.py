@@ -53,6 +53,7 @@ NEWS: dict[str, Any] = {
     "rollout": "start-first",
     "wait_timeout_s": 180,
     "grace_s": 10,
+    "retired_by_edge": False,
 }  # fmt: skip
 
 
@@ -123,7 +124,8 @@ def test_every_deciding_input_replaces_without_deleting_first(key: str, value: A
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("rollout", "stop-first"), ("grace_s", 30), ("wait_timeout_s", 20)]
+    ("key", "value"),
+    [("rollout", "stop-first"), ("grace_s", 30), ("wait_timeout_s", 20), ("retired_by_edge", True)],
 )
 def test_rollout_tuning_is_an_update_in_place(key: str, value: Any) -> None:
     result = diff(olds(), news(**{key: value}))
