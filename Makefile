@@ -5,7 +5,8 @@ STACK ?= dev
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: up down preview test lint typecheck unit providers e2e bench venv system-deps clean-state
+.PHONY: up down preview test lint typecheck unit providers e2e bench venv system-deps clean-state \
+	k8s-toolchain test-k8s bench-k8s
 
 venv: .venv/.installed
 .venv/.installed: requirements.txt requirements-dev.txt pyproject.toml
@@ -42,8 +43,29 @@ providers: venv system-deps
 e2e: venv system-deps
 	tools/env.sh .venv/bin/pytest tests/e2e -q $(PYTEST_ARGS)
 
+# tests/k8s run here only when the cluster toolchain is already cached: building it cold takes
+# longer than CI allows (`make test-k8s` builds it). Which of the two happened is printed.
 test: venv system-deps lint typecheck
-	tools/env.sh .venv/bin/pytest tests -q $(PYTEST_ARGS)
+	@if tools/k8s-toolchain.sh status >/dev/null 2>&1; then \
+	  tools/k8s-toolchain.sh ensure all >/dev/null; \
+	  echo "make test: the cluster toolchain is cached: tests/k8s RUN (real control plane)"; \
+	  tools/env.sh .venv/bin/pytest tests -q $(PYTEST_ARGS); \
+	else \
+	  echo "make test: the cluster toolchain is NOT cached: tests/k8s NOT RUN (make test-k8s builds it and runs them)"; \
+	  tools/env.sh .venv/bin/pytest tests -q --ignore=tests/k8s $(PYTEST_ARGS) && \
+	  echo "make test: tests/k8s were NOT run (cluster toolchain not cached; make test-k8s)"; \
+	fi
+
+# The cluster toolchain (control plane, etcd, kwok, kubernetes plugin) from the Go module proxy,
+# cached by input hash outside the repo; cold 23-55 min on 2 cores (measured), cached under 1 s.
+k8s-toolchain:
+	tools/k8s-toolchain.sh ensure all
+
+test-k8s: venv k8s-toolchain
+	tools/env.sh --no-docker .venv/bin/pytest tests/k8s -q $(PYTEST_ARGS)
+
+bench-k8s: venv k8s-toolchain
+	tools/env.sh --no-docker .venv/bin/python bench/k8s.py
 
 bench: venv
 	tools/env.sh .venv/bin/python bench/deploy.py

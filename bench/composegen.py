@@ -126,6 +126,8 @@ def program(
         "appstack:public": {"address": "127.0.0.1", "port": port},
         "appstack:ollama": {"url": "http://ollama:11434", "network": ollama_network},
         "appstack:images": dev_images(tags),
+        # the app alone, as before monitoring existed: its cost is a measurement of its own
+        "appstack:monitoring": False,
     }
     return run(stack, overrides=overrides, base="dev")
 

@@ -637,7 +637,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack = None
     if args.only != "compose":
         images = composegen.dev_images({"gateway": GATEWAY_FROM})
-        stack = Stack.create(tmp / "pulumi", STACK, PULUMI_PORT, {"appstack:images": images})
+        # monitoring off on both sides: compose's file is generated from the same program
+        config = {"appstack:images": images, "appstack:monitoring": False}
+        stack = Stack.create(tmp / "pulumi", STACK, PULUMI_PORT, config)
     compose, pulumi = Side(), Side()
     compose_base = ["docker", "compose", "-p", PROJECT, "-f", str(compose_file)]
     try:

@@ -15,6 +15,9 @@ from components.spec import EdgeSpec, TlsMode
 
 HTTP_PORT = 8080
 HTTPS_PORT = 8443
+METRICS_PORT = 2020
+"""Plain-HTTP listener serving only Caddy's Prometheus metrics, when monitoring asks for it: on
+the edge network, never published (the admin API, which also serves them, stays on localhost)."""
 ADMIN = "localhost:2019"
 DATA_DIR = "/data"
 """Caddy's data (certificates, its internal CA) and, under ``config/``, its autosaved config."""
@@ -54,8 +57,11 @@ def listens(edge: EdgeSpec, redirect: bool) -> Listen:
     return Listen("https", http=redirect, https=True)
 
 
-def _global(edge: EdgeSpec, serve_tls: bool) -> list[str]:
+def _global(edge: EdgeSpec, serve_tls: bool, metrics: bool = False) -> list[str]:
     lines = ["{", f"\tadmin {ADMIN}", f"\thttp_port {HTTP_PORT}", f"\thttps_port {HTTPS_PORT}"]
+    if metrics:
+        # Caddy 2.6 counts requests per server (with their status codes) only when asked.
+        lines += ["\tservers {", "\t\tmetrics", "\t}"]
     if not serve_tls:
         lines.append("\tauto_https off")
     else:
@@ -104,15 +110,22 @@ def _tls_directive(edge: EdgeSpec) -> list[str]:
 
 
 def caddyfile(
-    edge: EdgeSpec, upstream: str, serve_tls: bool = True, redirect_port: int | None = None
+    edge: EdgeSpec,
+    upstream: str,
+    serve_tls: bool = True,
+    redirect_port: int | None = None,
+    metrics: bool = False,
 ) -> str:
     """The whole Caddyfile: global options, then the site that fronts ``upstream`` (host:port).
 
     ``serve_tls`` false renders plain HTTP whatever the spec says (TLS ends at an Ingress).
     ``redirect_port`` is the public HTTPS port the plain-HTTP listener redirects to, if any.
+    ``metrics`` adds request metrics and their listener on ``METRICS_PORT`` (monitoring).
     """
     tls = serve_tls and edge.tls is not TlsMode.OFF
-    lines = _global(edge, tls)
+    lines = _global(edge, tls, metrics)
+    if metrics:
+        lines += [f"http://:{METRICS_PORT} {{", "\tmetrics", "}"]
     if not tls:
         lines += [f"http://:{HTTP_PORT} {{", *_body(edge, upstream), "}"]
         return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ key at fault, before any resource is declared: a bad ``Pulumi.<stack>.yaml`` fai
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
         "public": {"address": "127.0.0.1", "port": 8080},
         "keepBackups": 3,
         "replicas": 1,
+        "engramiaAuthMode": "env",
+        "monitoring": True,
     },
     "staging": {
         "platform": "docker",
@@ -36,6 +39,8 @@ ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
         "public": {"address": "0.0.0.0", "port": 8080},
         "keepBackups": 7,
         "replicas": 1,
+        "engramiaAuthMode": "db",
+        "monitoring": True,
     },
     "prod": {
         "platform": "kubernetes",
@@ -44,6 +49,8 @@ ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
         "public": {"address": "0.0.0.0", "port": 443},
         "keepBackups": 14,
         "replicas": 2,
+        "engramiaAuthMode": "db",
+        "monitoring": False,  # on only when configured
     },
 }
 
@@ -72,6 +79,13 @@ APP_OPTIONAL_SECRETS: dict[str, tuple[str, ...]] = {
     "haven": TLS_SECRETS,
     "engramia": ("openaiApiKey", "stripeSecretKey", "stripeWebhookSecret", *TLS_SECRETS),
 }
+
+# Engramia's ENGRAMIA_AUTH_MODE values appstack deploys. Engramia also takes auto (db whenever a
+# database is configured, which it always is here: say db), dev (no auth at all) and oidc (needs an
+# identity provider appstack does not configure); anything else it silently treats as auto.
+ENGRAMIA_AUTH_MODES = ("env", "db")
+ENGRAMIA_RATE_LIMITS = {"default": 60, "expensive": 10, "perKey": 120}
+"""Requests per minute (per IP and path; ``expensive``: LLM paths; ``perKey``: per API key)."""
 
 _REGISTRY = re.compile(
     r"^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]{1,5})?$"
@@ -121,6 +135,9 @@ class PublicEndpoint:
     host: str | None = None
     """The DNS name clients use: the certificate's name (``localhost`` when TLS is internal)."""
     acme_email: str | None = None
+    url: str | None = None
+    """Where clients reach the entry (``appstack:public.url``): the smoke test probes it and
+    ``publicUrl`` shows it. Required when the Docker engine is remote."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +168,46 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class EngramiaSettings:
+    """Engramia's own knobs: how its API authenticates, and its rate limits (requests/minute)."""
+
+    auth_mode: str = "env"
+    rate_limit_default: int = ENGRAMIA_RATE_LIMITS["default"]
+    rate_limit_expensive: int = ENGRAMIA_RATE_LIMITS["expensive"]
+    rate_limit_per_key: int = ENGRAMIA_RATE_LIMITS["perKey"]
+
+
+# The monitoring images a stack runs unless `appstack:monitoring.images` names others (built here
+# by `tools/images.sh build monitoring` from Debian's packages).
+MONITORING_IMAGES = {
+    "prometheus": "appstack.local/prometheus:2.53.3",
+    "alertmanager": "appstack.local/alertmanager:0.28.1",
+    "postgresExporter": "appstack.local/postgres-exporter:0.17.1",
+    "blackboxExporter": "appstack.local/blackbox-exporter:0.26.0",
+}
+_DURATION = re.compile(r"^[1-9][0-9]*(?:s|m|h|d)$")
+_BYTES = {"Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    """``appstack:monitoring``: Prometheus, Alertmanager and exporters beside the app (Docker)."""
+
+    enabled: bool = False
+    stalled_after: str = "10m"
+    """How long a chunk may sit in ``processing`` before the stall alert fires."""
+    storage_budget_bytes: int = 10 * 2**30
+    scrape_interval: str = "15s"
+    retention: str = "15d"
+    prometheus_port: int | None = None
+    """Publish Prometheus on 127.0.0.1:<port> (off unless set)."""
+    qdrant_metrics: bool = True
+    """Scrape Qdrant's /metrics (the real image serves them; the local double does not)."""
+    minio_metrics: bool = True
+    images: Mapping[str, str] = field(default_factory=lambda: dict(MONITORING_IMAGES))
+
+
+@dataclass(frozen=True)
 class KubernetesSettings:
     """Kubernetes-only settings: namespace, ingress, storage, and the offline render mode."""
 
@@ -167,6 +224,9 @@ class KubernetesSettings:
     """Namespace of the ingress controller: the only source allowed to reach the public service."""
     pdb_min_available: Mapping[str, int] = field(default_factory=dict)
     """Per-service PodDisruptionBudget minAvailable (default: replicas - 1 when replicas >= 2)."""
+    skip_cluster_tasks: bool = False
+    """Declare no step that needs a container to run (Migration, init Jobs, SmokeTest): only for
+    clusters whose nodes run none (kwok); the update warns that they were skipped."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +259,10 @@ class Settings:
     """Required secrets absent from config: generated when ``generate_secrets``."""
     kubernetes: KubernetesSettings | None = None
     extra_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    engramia: EngramiaSettings = field(default_factory=EngramiaSettings)
+    migration_lock_timeout: str = "5s"
+    """PostgreSQL ``lock_timeout`` of migration statements (``appstack:migrationLockTimeout``)."""
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
 
     @property
     def prefix(self) -> str:
@@ -315,7 +379,7 @@ def _check_image(
 
 def _parse_public(r: _Reader, defaults: Mapping[str, Any]) -> PublicEndpoint:
     raw = {**defaults, **(r.obj("public", {}) or {})}
-    unknown = set(raw) - {"address", "port", "tlsPort", "tls", "host", "acmeEmail"}
+    unknown = set(raw) - {"address", "port", "tlsPort", "tls", "host", "acmeEmail", "url"}
     if unknown:
         r.fail("public", f"unknown fields {sorted(unknown)}")
     address = str(raw.get("address"))
@@ -347,9 +411,70 @@ def _parse_public(r: _Reader, defaults: Mapping[str, Any]) -> PublicEndpoint:
         r.fail("public.tlsPort", "is set but public.tls is off")
     if tls != "off" and host is None:
         host = "localhost"
+    url = _parse_public_url(r, raw.get("url"))
     return PublicEndpoint(
-        address, port, tls_port, tls, str(host) if host else None, str(email) if email else None
+        address,
+        port,
+        tls_port,
+        tls,
+        str(host) if host else None,
+        str(email) if email else None,
+        url,
     )
+
+
+def _parse_public_url(r: _Reader, raw: Any) -> str | None:
+    """``appstack:public.url``: an ``http(s)://host[:port][/path]`` URL, without its last slash."""
+    if raw is None:
+        return None
+    url = str(raw).strip()
+    parsed = urlparse(url)
+    try:
+        parsed.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        r.fail("public.url", f"{url!r} has a bad port")
+        return None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        r.fail("public.url", f"{url!r} is not an http:// or https:// URL with a host")
+        return None
+    if parsed.query or parsed.fragment or parsed.username or parsed.password:
+        r.fail("public.url", f"{url!r} must not carry credentials, a query or a fragment")
+        return None
+    return url.rstrip("/")
+
+
+REMOTE_ENGINE_SCHEMES = ("ssh", "tcp", "http", "https")
+
+
+def _check_remote_entry(r: _Reader, settings: Settings, env_docker_host: str | None) -> None:
+    """A remote engine publishes its port on another machine: the entry URL cannot be guessed."""
+    if settings.platform != "docker" or settings.public.url:
+        return
+    host = settings.docker_host or env_docker_host or ""
+    scheme = urlparse(host).scheme
+    if scheme in REMOTE_ENGINE_SCHEMES:
+        key = "dockerHost" if settings.docker_host else "DOCKER_HOST"
+        r.fail(
+            "public.url",
+            f"is required when the Docker engine is remote ({key}={host}): the URL clients and "
+            "the smoke test reach the entry at, e.g. http://staging.example.com:8080",
+        )
+
+
+_LOCK_TIMEOUT = re.compile(r"^[1-9][0-9]*(ms|s|min)$")
+
+
+def _parse_lock_timeout(r: _Reader) -> str:
+    """``appstack:migrationLockTimeout``: PostgreSQL's lock_timeout for migration statements."""
+    value = (r.str_("migrationLockTimeout", "5s") or "").strip()
+    if not _LOCK_TIMEOUT.match(value):
+        r.fail(
+            "migrationLockTimeout",
+            f"{value!r} is not a duration like 500ms, 5s or 2min (how long a migration statement "
+            "may wait for a table lock before it fails)",
+        )
+        return "5s"
+    return value
 
 
 def _check_platform_limits(r: _Reader, settings: Settings) -> None:
@@ -423,6 +548,40 @@ def _parse_worker(r: _Reader) -> WorkerSettings:
     return WorkerSettings(kind, poll, batch)
 
 
+def _parse_engramia(r: _Reader, app: str, default_mode: str) -> EngramiaSettings:
+    raw = r.obj("engramia", {}) or {}
+    if not isinstance(raw, dict):
+        r.fail("engramia", "must be an object {authMode, rateLimits}")
+        raw = {}
+    if raw and app != "engramia":
+        r.fail("engramia", f"is set but appstack:app is {app!r}")
+    unknown = set(raw) - {"authMode", "rateLimits"}
+    if unknown:
+        r.fail("engramia", f"unknown fields {sorted(unknown)}")
+    mode = str(raw.get("authMode", default_mode))
+    if mode not in ENGRAMIA_AUTH_MODES:
+        r.fail(
+            "engramia.authMode",
+            f"{mode!r} is not one of {', '.join(ENGRAMIA_AUTH_MODES)} (Engramia would treat an "
+            "unknown mode as auto, which with a database ignores ENGRAMIA_API_KEYS)",
+        )
+        mode = default_mode
+    limits = raw.get("rateLimits", {}) or {}
+    if not isinstance(limits, dict):
+        r.fail("engramia.rateLimits", "must be an object {default, expensive, perKey}")
+        limits = {}
+    unknown = set(limits) - set(ENGRAMIA_RATE_LIMITS)
+    if unknown:
+        r.fail("engramia.rateLimits", f"unknown fields {sorted(unknown)}")
+    # Engramia reads each with int() at start-up: `120/minute` would crash the API container.
+    value = {
+        name: r.int_(f"engramia.rateLimits.{name}", limits.get(name, default), 1, 1_000_000)
+        or default
+        for name, default in ENGRAMIA_RATE_LIMITS.items()
+    }
+    return EngramiaSettings(mode, value["default"], value["expensive"], value["perKey"])
+
+
 def _parse_secrets(
     r: _Reader, app: str, generate: bool, environment: str
 ) -> tuple[dict[str, pulumi.Output[str]], tuple[str, ...]]:
@@ -458,7 +617,7 @@ def _parse_kubernetes(r: _Reader, stack: str, app: str) -> KubernetesSettings:
     known = {
         "namespace", "ingressClass", "ingressHost", "tls", "tlsSecret",
         "storageClass", "storageSize", "renderManifestsTo", "context",
-        "ingressNamespace", "pdbMinAvailable",
+        "ingressNamespace", "pdbMinAvailable", "skipClusterTasks",
     }  # fmt: skip
     unknown = set(raw) - known
     if unknown:
@@ -484,13 +643,8 @@ def _parse_kubernetes(r: _Reader, stack: str, app: str) -> KubernetesSettings:
     size = str(raw.get("storageSize", "10Gi"))
     if not _SIZE.match(size):
         r.fail("kubernetes.storageSize", f"{size!r} must look like 10Gi (Mi, Gi or Ti)")
-    tls_raw = raw.get("tls", False)
-    if isinstance(tls_raw, str) and tls_raw.lower() in ("true", "false"):
-        tls_raw = tls_raw.lower() == "true"
-    if not isinstance(tls_raw, bool):
-        r.fail("kubernetes.tls", f"must be true or false, got {tls_raw!r}")
-        tls_raw = False
-    tls = tls_raw
+    tls = _flag(r, raw, "tls")
+    skip_tasks = _flag(r, raw, "skipClusterTasks")
     tls_secret = raw.get("tlsSecret")
     if tls and not tls_secret:
         r.fail("kubernetes.tlsSecret", "is required when kubernetes.tls is true")
@@ -539,7 +693,110 @@ def _parse_kubernetes(r: _Reader, stack: str, app: str) -> KubernetesSettings:
         kubeconfig_context=str(context) if context else None,
         ingress_namespace=ingress_namespace,
         pdb_min_available=pdb,
+        skip_cluster_tasks=skip_tasks,
     )
+
+
+_MONITORING_KEYS = (
+    "enabled", "stalledAfter", "storageBudget", "scrapeInterval", "retention", "prometheusPort",
+    "qdrantMetrics", "minioMetrics", "images",
+)  # fmt: skip
+
+
+def _parse_monitoring(r: _Reader, default: bool, platform: str) -> MonitoringSettings:
+    """``appstack:monitoring``: true/false, or an object of the fields above."""
+    raw = r.obj("monitoring", None)
+    if raw is None or isinstance(raw, bool):
+        enabled = default if raw is None else raw
+        raw = {}
+    elif isinstance(raw, str) and raw.lower() in ("true", "false"):
+        enabled, raw = raw.lower() == "true", {}
+    elif isinstance(raw, dict):
+        enabled = raw.get("enabled", default)
+        if isinstance(enabled, str) and enabled.lower() in ("true", "false"):
+            enabled = enabled.lower() == "true"
+        if not isinstance(enabled, bool):
+            r.fail("monitoring.enabled", f"must be true or false, got {enabled!r}")
+            enabled = False
+    else:
+        r.fail("monitoring", "must be true, false or an object {enabled, stalledAfter, ...}")
+        return MonitoringSettings()
+    for key in sorted(set(raw) - set(_MONITORING_KEYS)):
+        r.fail(f"monitoring.{key}", f"unknown field; known: {', '.join(_MONITORING_KEYS)}")
+    if enabled and platform != "docker":
+        # Only when asked for explicitly: the environment default never fails a stack.
+        if r.config.get("monitoring") is not None:
+            r.fail("monitoring", "is implemented on the docker platform only (not on kubernetes)")
+        enabled = False
+
+    def duration(key: str, fallback: str) -> str:
+        value = raw.get(key, fallback)
+        if not isinstance(value, str) or not _DURATION.match(value):
+            r.fail(
+                f"monitoring.{key}", f"must be a duration like 30s, 10m, 2h or 15d, got {value!r}"
+            )
+            return fallback
+        return value
+
+    def flag(key: str) -> bool:
+        value = raw.get(key, True)
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        if not isinstance(value, bool):
+            r.fail(f"monitoring.{key}", f"must be true or false, got {value!r}")
+            return True
+        return value
+
+    budget = MonitoringSettings.storage_budget_bytes
+    raw_budget = raw.get("storageBudget")
+    if raw_budget is not None:
+        text = str(raw_budget)
+        if not _SIZE.match(text):
+            r.fail("monitoring.storageBudget", f"{text!r} must look like 512Mi, 10Gi or 1Ti")
+        else:
+            budget = int(text[:-2]) * _BYTES[text[-2:]]
+    port = None
+    if raw.get("prometheusPort") is not None:
+        port = r.int_("monitoring.prometheusPort", raw["prometheusPort"], 1024, 65535)
+    images = dict(MONITORING_IMAGES)
+    raw_images = raw.get("images", {}) or {}
+    if not isinstance(raw_images, dict):
+        r.fail("monitoring.images", "must be an object keyed by " + ", ".join(MONITORING_IMAGES))
+        raw_images = {}
+    for name, ref in raw_images.items():
+        if name not in MONITORING_IMAGES:
+            r.fail(
+                f"monitoring.images.{name}", f"unknown image; known: {', '.join(MONITORING_IMAGES)}"
+            )
+            continue
+        if not isinstance(ref, str):
+            r.fail(f"monitoring.images.{name}", f"must be an image reference, got {ref!r}")
+            continue
+        parsed = _parse_image_string(r, f"monitoring.images.{name}", ref)
+        if parsed is not None:
+            images[name] = parsed.ref
+    return MonitoringSettings(
+        enabled=enabled,
+        stalled_after=duration("stalledAfter", MonitoringSettings.stalled_after),
+        storage_budget_bytes=budget,
+        scrape_interval=duration("scrapeInterval", MonitoringSettings.scrape_interval),
+        retention=duration("retention", MonitoringSettings.retention),
+        prometheus_port=port,
+        qdrant_metrics=flag("qdrantMetrics"),
+        minio_metrics=flag("minioMetrics"),
+        images=images,
+    )
+
+
+def _flag(r: _Reader, raw: Mapping[str, Any], key: str) -> bool:
+    """A boolean field of ``appstack:kubernetes`` (also as text), false when absent."""
+    value = raw.get(key, False)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
+    if not isinstance(value, bool):
+        r.fail(f"kubernetes.{key}", f"must be true or false, got {value!r}")
+        return False
+    return value
 
 
 def load(
@@ -612,8 +869,12 @@ def load(
         secrets=secrets,
         missing_secrets=missing,
         kubernetes=_parse_kubernetes(r, stack, app) if platform == "kubernetes" else None,
+        engramia=_parse_engramia(r, app, defaults["engramiaAuthMode"]),
+        migration_lock_timeout=_parse_lock_timeout(r),
+        monitoring=_parse_monitoring(r, defaults.get("monitoring", False), platform),
     )
     _check_platform_limits(r, settings)
+    _check_remote_entry(r, settings, os.environ.get("DOCKER_HOST"))
     if check_extra is not None:
         r.errors.extend(check_extra(settings))
     if r.errors:

@@ -178,6 +178,8 @@ class MigrationSpec:
     baseline: str | None = None
     """For a database that predates the ledger: the last migration file already applied."""
     keep_backups: int = 5
+    lock_timeout: str = "5s"
+    """PostgreSQL ``lock_timeout`` of migration statements (``appstack:migrationLockTimeout``)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("sql-dir", "command"):

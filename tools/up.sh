@@ -10,4 +10,4 @@ if [[ "$stack" == dev ]]; then
   "$root/tools/dev-ollama.sh" start
 fi
 pulumi up --stack "$stack" --yes --skip-preview --non-interactive
-echo "gateway: $(pulumi stack output publicUrl --stack "$stack")"
+echo "public entry: $(pulumi stack output publicUrl --stack "$stack")"

@@ -3,7 +3,8 @@
 API (port 8000, uid 1001, read-only root with tmpfs /tmp and /app/tmp, data volume /data),
 Postgres 16 with pgvector, and Caddy in front as the only public entry. Migrations are
 ``alembic upgrade head`` inside the API image; maintenance is the app's own switch
-(``ENGRAMIA_MAINTENANCE``: every path but the health endpoints answers 503).
+(``ENGRAMIA_MAINTENANCE``: every path but the health endpoints answers 503). The auth mode and the
+rate limits come from ``appstack:engramia`` (settings).
 """
 
 from __future__ import annotations
@@ -35,6 +36,21 @@ DEFAULT_RESOURCES = {
     "postgres": Resources(1024, 1.0),
     "caddy": Resources(128, 0.25),
 }
+# The container's health probe: ``/v1/health`` answers an anonymous request 401, in maintenance
+# too, which proves the process serves (``/v1/version`` turns 503 in maintenance). 429 proves it as
+# well: Engramia's rate limiter counts probes like any client, per IP and path.
+API_PROBE = (
+    "import sys, urllib.error, urllib.request\n"
+    "try:\n"
+    "    urllib.request.urlopen(sys.argv[1], timeout=2)\n"
+    "except urllib.error.HTTPError as e:\n"
+    "    sys.exit(0 if e.code in (401, 429) else f'{sys.argv[1]} answered {e.code}')\n"
+    "sys.exit(f'{sys.argv[1]} answered without auth')"
+)
+HEALTH_URL = f"http://127.0.0.1:{API_PORT}/v1/health"
+DEEP_HEALTH_TIMEOUT_S = 20.0
+"""Deep health runs Engramia's LLM and embedding probes for real: without a reachable provider
+one call takes several seconds (about 8 s measured, DESIGN.md)."""
 OPTIONAL_ENV = {
     "openaiApiKey": "OPENAI_API_KEY",
     "stripeSecretKey": "STRIPE_SECRET_KEY",
@@ -42,8 +58,19 @@ OPTIONAL_ENV = {
 }
 
 
-def _smoke(api_key: pulumi.Output[str], maintenance: bool) -> SmokeSpec:
-    """Version without auth; deep health with a key, judged by its storage check (DESIGN.md)."""
+def _first_key(api_keys: pulumi.Output[str]) -> pulumi.Output[str]:
+    """The key the smoke test sends: the first of ``apiKeys`` (comma-separated, as Engramia)."""
+    first = api_keys.apply(lambda keys: keys.split(",")[0].strip())
+    return pulumi.Output.secret(first)
+
+
+def _smoke(settings: Settings, api_key: pulumi.Output[str]) -> SmokeSpec:
+    """Version (the deployed tag) without auth; deep health with a key, judged by its storage check.
+
+    A normal install answers deep health ``degraded`` (DESIGN.md): the overall status is not the
+    test. The smoke provider has one per-request timeout for all checks: it is deep health's, the
+    shallow checks answer in milliseconds either way.
+    """
     deep = SmokeCheck(
         "deep-health",
         "/v1/health/deep",
@@ -51,15 +78,34 @@ def _smoke(api_key: pulumi.Output[str], maintenance: bool) -> SmokeSpec:
         bearer=api_key,
         expect_json={"checks.storage.status": "ok"},
     )
-    if maintenance:
-        return SmokeSpec(checks=(deep, SmokeCheck("maintenance", "/v1/version", 503)))
-    return SmokeSpec(
-        checks=(
-            SmokeCheck("version", "/v1/version", 200),
-            deep,
-            SmokeCheck("health-unauthorized", "/v1/health", 401),
+    if settings.maintenance:
+        return SmokeSpec(
+            checks=(deep, SmokeCheck("maintenance", "/v1/version", 503)),
+            timeout_s=DEEP_HEALTH_TIMEOUT_S,
         )
+    tag = settings.images["api"].tag  # None when pinned by digest: the digest is the identity
+    expect = {"app_version": tag} if tag else {}
+    version = SmokeCheck("version", "/v1/version", 200, expect_json=expect)
+    return SmokeSpec(
+        checks=(version, deep, SmokeCheck("health-unauthorized", "/v1/health", 401)),
+        timeout_s=DEEP_HEALTH_TIMEOUT_S,
     )
+
+
+def _api_env(settings: Settings) -> dict[str, pulumi.Input[str]]:
+    """The API's plain environment: storage, auth mode, rate limits, maintenance switch."""
+    engramia = settings.engramia
+    return {
+        "ENGRAMIA_STORAGE": "postgres",
+        "ENGRAMIA_AUTH_MODE": engramia.auth_mode,
+        "ENGRAMIA_METRICS": "true",
+        "ENGRAMIA_JSON_LOGS": "true",
+        # Integers, requests per minute: Engramia parses them with int() at start-up.
+        "ENGRAMIA_RATE_LIMIT_DEFAULT": str(engramia.rate_limit_default),
+        "ENGRAMIA_RATE_LIMIT_EXPENSIVE": str(engramia.rate_limit_expensive),
+        "ENGRAMIA_RATE_LIMIT_PER_KEY": str(engramia.rate_limit_per_key),
+        "ENGRAMIA_MAINTENANCE": "true" if settings.maintenance else "false",
+    }
 
 
 def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppSpec:
@@ -75,9 +121,11 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
     api_secrets: dict[str, pulumi.Output[str]] = {
         "ENGRAMIA_DATABASE_URL": database_url,
         "ENGRAMIA_API_KEYS": secrets["apiKeys"],
-        "ENGRAMIA_BOOTSTRAP_TOKEN": secrets["bootstrapToken"],
         "ENGRAMIA_METRICS_TOKEN": secrets["metricsToken"],
     }
+    if settings.engramia.auth_mode == "db":
+        # Only db mode has a bootstrap endpoint: in env mode the token would be a needless secret.
+        api_secrets["ENGRAMIA_BOOTSTRAP_TOKEN"] = secrets["bootstrapToken"]
     for key, env in OPTIONAL_ENV.items():
         if key in secrets:
             api_secrets[env] = secrets[key]
@@ -90,17 +138,9 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         name="api",
         image=image["api"],
         port=API_PORT,
-        env={
-            "ENGRAMIA_STORAGE": "postgres",
-            "ENGRAMIA_AUTH_MODE": "api_key",
-            "ENGRAMIA_METRICS": "true",
-            "ENGRAMIA_JSON_LOGS": "true",
-            "ENGRAMIA_RATE_LIMIT_DEFAULT": "120/minute",
-            "ENGRAMIA_RATE_LIMIT_EXPENSIVE": "20/minute",
-            "ENGRAMIA_MAINTENANCE": "true" if settings.maintenance else "false",
-        },
+        env=_api_env(settings),
         secret_env=api_secrets,
-        health=HealthCheck(http_path=f"http://127.0.0.1:{API_PORT}/v1/version"),
+        health=HealthCheck(command=("python3", "-c", API_PROBE, HEALTH_URL)),
         replicas=settings.replicas("api"),
         resources=sized(settings, DEFAULT_RESOURCES, "api"),
         exposure=Exposure.PUBLIC,
@@ -127,5 +167,5 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         entry=entry,
         edge=edge,
         migration=migration,
-        smoke=_smoke(secrets["apiKeys"], settings.maintenance),
+        smoke=_smoke(settings, _first_key(secrets["apiKeys"])),
     )

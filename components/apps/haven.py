@@ -185,6 +185,7 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         quiescent=("worker",),
         baseline=settings.migration_baseline,
         keep_backups=settings.keep_backups,
+        lock_timeout=settings.migration_lock_timeout,
     )
     auth = secrets["authToken"]
     smoke = SmokeSpec(
@@ -223,6 +224,8 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         migration=migration,
         smoke=smoke,
         init_tasks=(bucket,),
-        outputs={"hostAgentSecret": secrets["hostAgentSecret"]},
+        # What a client needs to call the API (secret outputs: `pulumi stack output authToken
+        # --show-secrets`), and the HostAgent's x-auth secret.
+        outputs={"authToken": auth, "hostAgentSecret": secrets["hostAgentSecret"]},
         edge=edge,
     )

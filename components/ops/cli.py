@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -24,12 +25,13 @@ from components.ops.stack import (
     Entry,
     OpsError,
     Pulumi,
+    attach_releases,
     find_project,
-    history,
     image_refs,
     migration_state,
     pick,
     plaintext,
+    read_events,
     resources,
     stale_locks,
 )
@@ -94,10 +96,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def history(stack: Pulumi) -> list[Entry]:
+    """The stack's updates (``pulumi stack history``) with the app database's release records.
+
+    Works on every backend: nothing reads the backend's checkpoint files.
+    """
+    entries = stack.history()
+    if not entries:
+        msg = f"stack {stack.stack!r} has no history yet"
+        raise OpsError(msg, 2)
+    if resources(stack.export(), MIGRATION_TYPE):
+        from components.providers.postgres import Conn, read_releases
+
+        runner, target, password, _quiescent, _app = _db_access(stack)
+        records = read_releases(runner, Conn(target, password))
+        attach_releases(entries, [r.to_dict() for r in records])
+    return entries
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     """One line per update, newest first, numbered stably (oldest = 1)."""
     stack = _stack(args)
-    entries = history(_project(stack), args.stack)
+    entries = history(stack)
     if args.json:
         print(json.dumps([e.as_json() for e in reversed(entries)], indent=2))
         return 0
@@ -256,7 +276,7 @@ def _describe(plan: dict[str, Any]) -> str:
 def cmd_rollback(args: argparse.Namespace) -> int:
     """``appstack rollback --to N|previous``."""
     stack = _stack(args)
-    entries = history(_project(stack), args.stack)
+    entries = history(stack)
     return rollback(args, stack, entries, pick(entries, args.to))
 
 
@@ -270,16 +290,29 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         say(f"releasing the lock of a killed update (pid {pid} is gone): `pulumi cancel`")
         stack.run("cancel", "--yes")
     started = time.monotonic()
-    proc = stack.run("up", "--yes", "--skip-preview", check=False)
+    with tempfile.TemporaryDirectory(prefix="appstack-deploy-") as tmp:
+        log = Path(tmp) / "events.jsonl"
+        # --event-log: the engine's structured events decide the outcome, never the output's
+        # text (the flag needs PULUMI_DEBUG_COMMANDS, as the Automation API sets it).
+        proc = stack.run(
+            "up", "--yes", "--skip-preview", "--event-log", str(log),
+            check=False, env={"PULUMI_DEBUG_COMMANDS": "true"},
+        )  # fmt: skip
+        outcome = read_events(log) if log.exists() else None
     output = (proc.stdout or "") + (proc.stderr or "")
     if proc.returncode == 0:
         say(f"deployed in {time.monotonic() - started:.0f}s; smoke tests passed")
         return 0
     print(output[-4000:], file=sys.stderr)
-    if "SmokeTest" not in output and "smoke" not in output:
+    if outcome is None:
+        say("the update failed and left no event log: not rolling back (nothing to decide on)")
+        return 1
+    if not outcome.smoke_failed:
         say("the update failed before its smoke tests: the running release was left in place")
         return 1
-    entries = history(_project(stack), args.stack)
+    for error in outcome.errors:
+        print(error, file=sys.stderr)
+    entries = history(stack)
     good = [e for e in entries if e.kind == "update" and e.result == "succeeded"]
     if not good:
         say("smoke tests failed and there is no earlier good release to roll back to")

@@ -8,6 +8,7 @@ import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,18 @@ class Pulumi:
     stack: str
 
     def run(
-        self, *args: str, check: bool = True, stream: bool = False
+        self,
+        *args: str,
+        check: bool = True,
+        stream: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """``pulumi ARGS --stack S``; ``stream`` shows its output live (long steps)."""
         argv = ["pulumi", *args, "--stack", self.stack, "--non-interactive"]
         proc = subprocess.run(
             argv,
             cwd=self.cwd,
+            env={**os.environ, **env} if env else None,
             text=True,
             capture_output=not stream,
             check=False,
@@ -80,6 +86,10 @@ class Pulumi:
         """The current deployment (``pulumi stack export``)."""
         args = ["stack", "export"] + (["--show-secrets"] if secrets else [])
         return json.loads(self.run(*args).stdout)  # type: ignore[no-any-return]
+
+    def history(self) -> list[Entry]:
+        """Every update of the stack, oldest first (``pulumi stack history``: any backend)."""
+        return parse_history(self.json("stack", "history") or [])
 
     def config(self) -> dict[str, Any]:
         """The stack's config, values parsed (objects from JSON text)."""
@@ -168,59 +178,77 @@ def image_refs(config: Mapping[str, Any]) -> dict[str, str]:
     return refs
 
 
-def backend_dir() -> Path:
-    """The file backend's directory (history checkpoints are read from it)."""
+def backend_dir() -> Path | None:
+    """The file backend's directory, or None for any other backend (``s3://``, ``gs://``...)."""
     url = os.environ.get("PULUMI_BACKEND_URL", "")
     if not url.startswith("file://"):
-        msg = (
-            "appstack history/rollback read the file backend's history checkpoints: set "
-            f"PULUMI_BACKEND_URL=file://... (got {url or 'nothing'})"
-        )
-        raise OpsError(msg, 2)
+        return None
     return Path(url.removeprefix("file://")).expanduser()
 
 
-def _update_time(path: Path) -> int:
-    """History files are named ``<stack>-<unix nanoseconds>.history.json``."""
-    return int(path.name.rsplit("-", 1)[-1].split(".", 1)[0])
+def _epoch(value: Any) -> int:
+    """Seconds since the epoch of a history timestamp (RFC 3339 text, or a number)."""
+    if isinstance(value, int | float):
+        return int(value)
+    text = str(value or "")
+    if not text:
+        return 0
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
-def history(project: str, stack: str) -> list[Entry]:
-    """Every update of the stack, oldest first, with the checkpoint each one left."""
-    folder = backend_dir() / ".pulumi" / "history" / project / stack
-    if not folder.is_dir():
-        msg = f"stack {stack!r} has no history in {folder.parent}"
-        raise OpsError(msg, 2)
+def parse_history(raw: Sequence[Mapping[str, Any]]) -> list[Entry]:
+    """Entries from ``pulumi stack history --json`` (newest first there), numbered oldest = 1."""
     entries = []
-    files = sorted(
-        folder.glob("*.history.json"), key=lambda p: int(p.name.split("-")[-1].split(".")[0])
-    )
-    for number, path in enumerate(files, start=1):
-        info = json.loads(path.read_text())
-        checkpoint_path = path.with_name(path.name.replace(".history.json", ".checkpoint.json"))
-        checkpoint = json.loads(checkpoint_path.read_text()) if checkpoint_path.exists() else {}
-        # Values are stored as given (objects as objects); secrets stay encrypted ({"secure":..}).
-        plain = dict(info.get("config") or {})
+    for number, info in enumerate(reversed(list(raw)), start=1):
+        config = {
+            str(k): (v.get("objectValue", v.get("value")) if isinstance(v, Mapping) else v)
+            for k, v in (info.get("config") or {}).items()
+        }
         entries.append(
             Entry(
                 number=number,
                 kind=str(info.get("kind", "")),
                 result=str(info.get("result", "")),
-                start=int(info.get("startTime") or 0),
-                end=int(info.get("endTime") or 0),
+                start=_epoch(info.get("startTime")),
+                end=_epoch(info.get("endTime")),
                 message=str(info.get("message") or ""),
-                images=image_refs(plain),
-                config=plain,
-                migration=migration_state(checkpoint),
+                images=image_refs(config),
+                config=config,
                 changes=dict(info.get("resourceChanges") or {}),
             )
         )
     return entries
 
 
+def attach_releases(entries: Sequence[Entry], releases: Sequence[Mapping[str, Any]]) -> None:
+    """Give each entry the migration state of its time, from the app database's release records.
+
+    A record belongs to the update that ran it (its time within the update's, 2 s of slack for
+    the timestamps' rounding); every entry carries the ledger as it stood when it ended.
+    """
+    timed = sorted(releases, key=lambda r: _epoch(r.get("ran_at")))
+    for entry in entries:
+        own = [r for r in timed if entry.start - 2 <= _epoch(r.get("ran_at")) <= entry.end + 2]
+        before = [r for r in timed if _epoch(r.get("ran_at")) <= entry.end + 2]
+        last = own[-1] if own else None
+        entry.migration = {
+            "ledger": list((before[-1] if before else {}).get("ledger") or []),
+            "applied": [name for r in own for name in r.get("applied") or []],
+            "backup_id": str(last.get("backup_id") or "") if last else "",
+            "ran_at": str(last.get("ran_at") or "") if last else "",
+        }
+
+
 def stale_locks(project: str, stack: str) -> list[int]:
-    """Pids of this host's update locks whose process is gone (a killed ``pulumi up``)."""
-    folder = backend_dir() / ".pulumi" / "locks"
+    """Pids of this host's update locks whose process is gone (a killed ``pulumi up``).
+
+    Only a ``file://`` backend's locks can be read here; on any other backend this finds none
+    (``pulumi cancel`` by hand releases a stale lock there).
+    """
+    root = backend_dir()
+    if root is None:
+        return []
+    folder = root / ".pulumi" / "locks"
     stale = []
     for path in folder.glob(f"*/{project}/{stack}/*.json"):
         try:
@@ -237,6 +265,41 @@ def stale_locks(project: str, stack: str) -> list[int]:
         except PermissionError:
             continue  # alive, another user's
     return stale
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the engine's events say an update did."""
+
+    smoke_ran: bool
+    smoke_failed: bool
+    errors: tuple[str, ...]
+    """The error diagnostics of the smoke test (or of the update, when smoke did not fail)."""
+
+
+def read_events(path: Path) -> Outcome:
+    """The outcome of an update from its ``--event-log`` (one JSON engine event per line)."""
+    smoke_ran = smoke_failed = False
+    smoke_errors: list[str] = []
+    other_errors: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        event = json.loads(line)
+        for key in ("resourcePreEvent", "resOutputsEvent", "resOpFailedEvent"):
+            meta = (event.get(key) or {}).get("metadata") or {}
+            if meta.get("type") == SMOKE_TYPE:
+                smoke_ran = True
+                smoke_failed = smoke_failed or key == "resOpFailedEvent"
+        diag = event.get("diagnosticEvent") or {}
+        if diag.get("severity") == "error":
+            message = str(diag.get("message") or "").strip()
+            if f"{SMOKE_TYPE}::" in str(diag.get("urn") or ""):
+                smoke_failed = True
+                smoke_errors.append(message)
+            else:
+                other_errors.append(message)
+    return Outcome(smoke_ran, smoke_failed, tuple(smoke_errors if smoke_failed else other_errors))
 
 
 def pick(entries: Sequence[Entry], to: str) -> Entry:

@@ -17,6 +17,7 @@ from typing import Any
 import pulumi
 
 from components import edge
+from components.monitoring import Monitoring, MonitoringArgs
 from components.platforms import PlatformArgs, rollout_order
 from components.providers import engine
 from components.providers.edge import EdgeRoute, EdgeRouteArgs
@@ -62,6 +63,7 @@ class DockerApp(pulumi.ComponentResource):
     migration: Migration | None
     route: EdgeRoute | None
     smoke: SmokeTest | None
+    monitoring: Monitoring | None
 
     def __init__(
         self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None
@@ -87,6 +89,7 @@ class DockerApp(pulumi.ComponentResource):
         self.route = self._create_edge(self._app.edge) if self._app.edge else None
         after = [*self.containers.values(), *tasks, *([self.route] if self.route else [])]
         self.smoke = self._create_smoke(after)
+        self.monitoring = self._create_monitoring()
 
         self.public_url = pulumi.Output.from_input(self._entry_url())
         refs: dict[str, pulumi.Input[str]] = {s.name: s.image for s in self._app.services}
@@ -114,6 +117,8 @@ class DockerApp(pulumi.ComponentResource):
         return labels
 
     def _entry_url(self) -> str:
+        if self._settings.public.url:  # appstack:public.url: where clients reach the entry
+            return self._settings.public.url
         entry = self._app.entry
         host = "127.0.0.1" if entry.address in ("0.0.0.0", "::") else entry.address
         return f"{entry.scheme}://{entry.host or host}:{entry.port}"
@@ -290,7 +295,10 @@ class DockerApp(pulumi.ComponentResource):
         upstream = self.containers[spec.upstream]
         target = pulumi.Output.concat(upstream.container_name, ":", str(spec.upstream_port))
         redirect = self._settings.public.tls_port if listen.http and listen.https else None
-        caddyfile = target.apply(lambda t: edge.caddyfile(spec, t, redirect_port=redirect))
+        metrics = self._settings.monitoring.enabled  # Prometheus scrapes the edge's listener
+        caddyfile = target.apply(
+            lambda t: edge.caddyfile(spec, t, redirect_port=redirect, metrics=metrics)
+        )
         files: dict[str, pulumi.Output[str]] = {}
         if spec.tls is TlsMode.CERTIFICATE and spec.certificate and spec.private_key:
             files = {edge.CERT_FILE: spec.certificate, edge.KEY_FILE: spec.private_key}
@@ -366,6 +374,26 @@ class DockerApp(pulumi.ComponentResource):
             opts=self._opts(
                 depends_on=[self.containers[spec.database.service], self._volumes[("backups", "")]]
             ),
+        )
+
+    def _create_monitoring(self) -> Monitoring | None:
+        """Prometheus, Alertmanager and exporters beside the app (``appstack:monitoring``)."""
+        if not self._settings.monitoring.enabled:
+            return None
+        return Monitoring(
+            f"{self._name}-monitoring",
+            MonitoringArgs(
+                settings=self._settings.monitoring,
+                app=self._app,
+                stack=self._settings.stack,
+                prefix=self._prefix,
+                internal_network=self.internal.name,
+                edge_network=self.edge.name,
+                docker_host=self._host,
+                deploy_timeout_s=self._settings.deploy_timeout_s,
+                protect_volume=self._settings.protect_volumes,
+            ),
+            opts=self._opts(),
         )
 
     def _create_smoke(self, after: Sequence[pulumi.Resource]) -> SmokeTest | None:

@@ -17,6 +17,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from components.providers.runner import (
@@ -26,6 +27,8 @@ from components.providers.runner import (
     TaskResult,
     _finish,
     _untar_dir,
+    log_tail,
+    redact,
 )
 
 TASK_LABEL = "app.kubernetes.io/component"
@@ -47,6 +50,20 @@ _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 
 class KubectlError(RuntimeError):
     """``kubectl`` itself failed (cluster unreachable, forbidden, invalid object)."""
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a task's Job ended, as the API server reports it."""
+
+    succeeded: bool
+    timed_out: bool
+    exit_code: int | None
+    """The exit code in the pod's terminated container status, if any."""
+    container_ids: tuple[str, ...]
+    """IDs a container runtime gave the Job's containers: none means no container ever ran."""
+    reason: str = ""
+    """The Job's ``Failed`` condition (``BackoffLimitExceeded``, ``DeadlineExceeded``...)."""
 
 
 def job_name(prefix: str, task: str) -> str:
@@ -199,23 +216,28 @@ class KubernetesRunner:
     def _pods(self, job: str) -> list[dict[str, Any]]:
         return list(self._get_json("pods", "-l", f"job-name={job}").get("items") or [])
 
-    def _wait(self, job: str, timeout_s: float) -> tuple[int, bool]:
-        """Poll the Job until it completes or fails: (exit code, timed out)."""
+    def _wait(self, job: str, timeout_s: float) -> JobOutcome:
+        """Poll the Job until it completes, fails or the runner's deadline passes."""
         end = time.monotonic() + timeout_s
         while True:
             status = self._get_json("job", job).get("status") or {}
             pods = self._pods(job)
-            if status.get("succeeded"):
-                return 0, False
             code = _exit_code(pods)
-            if status.get("failed") or code not in (None, 0):
-                return (code if code is not None else 1), False
+            failed = status.get("failed") or code not in (None, 0)
+            if status.get("succeeded") or failed:
+                return JobOutcome(
+                    succeeded=bool(status.get("succeeded")) and not failed,
+                    timed_out=False,
+                    exit_code=code,
+                    container_ids=_container_ids(pods),
+                    reason=_failed_condition(status),
+                )
             stuck = _stuck(pods)
             if stuck:
                 msg = f"task job {job} cannot start: {stuck}"
                 raise TaskError(msg, None, stuck)
             if time.monotonic() >= end:
-                return -1, True
+                return JobOutcome(False, True, None, _container_ids(pods))
             time.sleep(POLL_S)
 
     def _delete(self, name: str) -> None:
@@ -238,12 +260,49 @@ class KubernetesRunner:
         document = json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
         try:
             self.kubectl("apply", "-f", "-", stdin=document)
-            exit_code, timed_out = self._wait(name, task.timeout_s)
+            outcome = self._wait(name, task.timeout_s)
             logs = self.kubectl("logs", f"job/{name}", "--all-containers", check=False)
-            raw = logs.stdout + (logs.stderr if logs.returncode != 0 else "")
         finally:
             self._delete(name)
-        return _finish(task, exit_code, raw, timed_out)
+        raw = logs.stdout if logs.returncode == 0 else ""
+        log_error = logs.stderr.strip() if logs.returncode != 0 else ""
+        return self._judge(task, name, outcome, raw, log_error)
+
+    def _judge(
+        self, task: Task, job: str, outcome: JobOutcome, raw: str, log_error: str
+    ) -> TaskResult:
+        """The task's result; a TaskError naming the task and its Job unless a container ran
+        and exited 0.
+
+        A Job can report completion without any container having run: on nodes that only
+        simulate a kubelet (kwok) a pod's status is written, not lived. A container that really
+        ran has an ID from the runtime; without one the "exit code" is nobody's.
+        """
+        where = f"task {task.name!r} (Job {self.namespace}/{job})"
+        logs = redact(raw, task.secret_values())
+        no_log = redact(log_error, task.secret_values()) or "empty"
+        tail = log_tail(logs) if logs.strip() else f"(no log: {no_log})"
+        ran = bool(outcome.container_ids)
+        never_ran = (
+            "no container ran: the pod has no container ID and no log, so no runtime ever "
+            "started it (nodes that run no containers, such as kwok's, only report a status)"
+        )
+        if outcome.timed_out:
+            msg = f"{where} timed out after {task.timeout_s:g}s; log tail:\n{tail}"
+            raise TaskError(msg, None, logs)
+        if not outcome.succeeded:
+            code = outcome.exit_code if outcome.exit_code is not None else 1
+            why = f"exit code {code}" + (f", {outcome.reason}" if outcome.reason else "")
+            extra = "" if ran else f"; {never_ran}"
+            msg = f"{where} failed ({why}){extra}; log tail:\n{tail}"
+            raise TaskError(msg, code, logs)
+        if not ran:
+            msg = (
+                f"{where} reports completion but {never_ran}; its work was not done. "
+                "On such a cluster set appstack:kubernetes.skipClusterTasks (docs/kubernetes.md)"
+            )
+            raise TaskError(msg, None, logs)
+        return _finish(task, 0, raw, False)
 
     def read_image_dir(self, image: str, path: str) -> dict[str, bytes]:
         """Files under ``path`` in ``image``: a Job tars the directory to its log, in base64."""
@@ -291,10 +350,20 @@ class KubernetesRunner:
         return missing
 
     def _wait_scaled_down(self, name: str, timeout_s: float = 120.0) -> None:
+        """Wait until no pod of the Deployment exists, terminating ones included.
+
+        The Deployment's ``status.replicas`` drops to 0 as soon as its pods are *terminating*,
+        while they still run their grace period (the worker finishing its batch): the migration
+        must wait for them to be gone.
+        """
+        spec = self._get_json("deployment", name).get("spec") or {}
+        labels = (spec.get("selector") or {}).get("matchLabels") or {}
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         end = time.monotonic() + timeout_s
         while True:
             status = self._get_json("deployment", name).get("status") or {}
-            if not status.get("replicas"):
+            pods = self._get_json("pods", "-l", selector).get("items") if selector else []
+            if not status.get("replicas") and not pods:
                 return
             if time.monotonic() >= end:
                 msg = f"deployment {name} still has pods {timeout_s:g}s after scaling to 0"
@@ -346,6 +415,23 @@ def _exit_code(pods: Sequence[Mapping[str, Any]]) -> int | None:
             if terminated is not None:
                 return int(terminated.get("exitCode", 1))
     return None
+
+
+def _container_ids(pods: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The runtime's IDs of the pods' containers (a kubelet sets one once it created one)."""
+    return tuple(
+        str(status["containerID"])
+        for pod in pods
+        for status in (pod.get("status") or {}).get("containerStatuses") or []
+        if status.get("containerID")
+    )
+
+
+def _failed_condition(status: Mapping[str, Any]) -> str:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return f"{cond.get('reason', '')}: {cond.get('message', '')}".strip(": ")
+    return ""
 
 
 def _stuck(pods: Sequence[Mapping[str, Any]]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,18 +21,29 @@ from pulumi.dynamic import (
 )
 
 from components.providers.postgres import (
+    DEFAULT_LOCK_TIMEOUT,
     Conn,
     DbState,
     MigrationError,
+    ReleaseRecord,
     apply_plan,
+    check_lock_timeout,
     load_schema,
     pg_env,
     plan_migration,
     query_state,
+    record_release,
     schema_checksum,
     take_backup,
 )
-from components.providers.runner import Runner, Target, Task, TaskError, runner_for
+from components.providers.runner import (
+    Runner,
+    Target,
+    Task,
+    TaskError,
+    runner_for,
+    sweep_leftover_tasks,
+)
 from components.spec import MigrationSpec
 
 MODES = ("sql-dir", "command")
@@ -50,6 +62,7 @@ ECHOED_KEYS = (
     "release",
     "connect_deadline_s",
     "task_timeout_s",
+    "lock_timeout",
 )
 """Non-secret inputs copied into the outputs, so that ``diff`` can compare against them."""
 SECRET_KEYS = ("db_password", "secret_env")
@@ -73,6 +86,7 @@ class MigrationInputs:
     release: str = ""
     connect_deadline_s: float = 30.0
     task_timeout_s: float = 1800.0
+    lock_timeout: str = DEFAULT_LOCK_TIMEOUT
 
     @classmethod
     def parse(cls, props: Mapping[str, Any]) -> MigrationInputs:
@@ -92,6 +106,7 @@ class MigrationInputs:
             release=str(props.get("release") or ""),
             connect_deadline_s=float(props.get("connect_deadline_s") or 30.0),
             task_timeout_s=float(props.get("task_timeout_s") or 1800.0),
+            lock_timeout=str(props.get("lock_timeout") or DEFAULT_LOCK_TIMEOUT),
         )
 
     @property
@@ -130,6 +145,12 @@ def _check_failures(news: Mapping[str, Any]) -> list[CheckFailure]:
         failures.append(CheckFailure("keep_backups", f"keep_backups must be >= 1, got {keep!r}"))
     if not news.get("source_image"):
         failures.append(CheckFailure("source_image", "source_image is required"))
+    lock_timeout = news.get("lock_timeout") or DEFAULT_LOCK_TIMEOUT
+    if _known(lock_timeout):
+        try:
+            check_lock_timeout(str(lock_timeout))
+        except ValueError as exc:
+            failures.append(CheckFailure("lock_timeout", str(exc)))
     return failures
 
 
@@ -181,9 +202,29 @@ def _norm(value: Any) -> Any:
     return value if value not in (None, "") else None
 
 
+def _recover(args: MigrationInputs, runner: Runner) -> list[str]:
+    """Undo what a killed run may have left: its task containers, and stopped quiescent services.
+
+    A run killed between stopping the quiescent services and starting them again left them
+    stopped, and the next plan may have nothing pending: so they are started first, always (a
+    running one is left as it is); the ones with pending work are stopped again just below.
+    """
+    notes: list[str] = []
+    swept = sweep_leftover_tasks(runner)
+    if swept:
+        notes.append(f"removed task containers a killed run left: {swept}")
+    if args.quiescent:
+        missing = runner.start_containers(args.quiescent)
+        found = [n for n in args.quiescent if n not in missing]
+        if found:
+            notes.append(f"quiescent containers started (if a killed run left them): {found}")
+    return notes
+
+
 def _migrate(args: MigrationInputs, props: Mapping[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
     runner = runner_for(args.target)
+    recovered = _recover(args, runner)
     conn = args.conn()
     state = query_state(runner, conn)
     if args.mode == "sql-dir":
@@ -192,8 +233,27 @@ def _migrate(args: MigrationInputs, props: Mapping[str, Any]) -> dict[str, Any]:
         result = _run_command(args, runner, conn, state)
     outs: dict[str, Any] = {k: props[k] for k in ECHOED_KEYS if k in props}
     outs.update(result)
+    outs["notes"] = [*recovered, *result["notes"]]
     outs["duration_s"] = round(time.monotonic() - started, 3)
     outs["ran_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if (
+        result["applied"]
+        or result["backup_id"]
+        or result["revision_before"] != result["revision_after"]
+    ):
+        record = ReleaseRecord(
+            ran_at=outs["ran_at"],
+            release=args.release_label,
+            source_image=args.release or args.source_image,
+            backup_id=result["backup_id"],
+            applied=tuple(result["applied"]),
+            ledger=tuple(row["name"] for row in result["ledger"]),
+            revision=result["revision_after"],
+        )
+        try:
+            record_release(runner, conn, record)
+        except (TaskError, MigrationError) as exc:  # the migration itself is done: say so
+            outs["notes"].append(f"could not record the release in appstack.releases: {exc}")
     for key in SECRET_KEYS:
         outs.pop(key, None)
     return outs
@@ -248,7 +308,7 @@ def _run_sql_dir(
         def work() -> list[str]:
             nonlocal backup_id
             backup_id = _quiesced_backup(args, runner, state, notes)
-            return apply_plan(runner, conn, plan)
+            return apply_plan(runner, conn, plan, args.lock_timeout)
 
         applied = _with_quiescence(args, runner, notes, work)
         state = query_state(runner, conn)
@@ -275,7 +335,11 @@ def _run_command(
 ) -> dict[str, Any]:
     notes: list[str] = []
     backup_id = ""
-    env = {**pg_env(args.target, args.password), **args.env, **args.secret_env}
+    # libpq (psql, psycopg2 under alembic) reads PGOPTIONS: the command's statements get the
+    # lock_timeout too. The advisory lock is the sql-dir engine's (it owns the session).
+    lock_option = f"-c lock_timeout={args.lock_timeout}"
+    env = {**pg_env(args.target, args.password), "PGOPTIONS": lock_option, **args.env}
+    env.update(args.secret_env)
     task = Task(
         name="migrate-command",
         image=args.source_image,
@@ -330,6 +394,13 @@ class MigrationArgs:
     release: pulumi.Input[str] = ""
     connect_deadline_s: float = 30.0
     task_timeout_s: float = 1800.0
+    lock_timeout: str = DEFAULT_LOCK_TIMEOUT
+    """PostgreSQL ``lock_timeout`` of migration statements (``appstack:migrationLockTimeout``)."""
+
+
+def stack_target(target: Target) -> Target:
+    """``target`` naming the program's stack, which labels its task containers."""
+    return target if target.stack else dataclasses.replace(target, stack=pulumi.get_stack())
 
 
 def migration_args(
@@ -344,7 +415,7 @@ def migration_args(
     ``quiescent`` names the platform's objects for the spec's quiescent services.
     """
     return MigrationArgs(
-        target=target.to_dict(),
+        target=stack_target(target).to_dict(),
         mode=spec.mode,
         source_image=source_image,
         release=spec.source_image,
@@ -356,6 +427,7 @@ def migration_args(
         keep_backups=spec.keep_backups,
         quiescent=list(quiescent),
         db_password=spec.database.password,
+        lock_timeout=spec.lock_timeout,
     )
 
 
@@ -393,6 +465,7 @@ class Migration(Resource, module="ops", name="Migration"):
             "release": args.release,
             "connect_deadline_s": args.connect_deadline_s,
             "task_timeout_s": args.task_timeout_s,
+            "lock_timeout": args.lock_timeout,
             **dict.fromkeys(
                 (
                     "applied",

@@ -24,6 +24,12 @@ MIGRATIONS_DIR = "migrations"
 BACKUP_MOUNT = "/backups"
 MARK = "APPSTACK:"
 UNREACHABLE_EXIT = 75
+NO_TRANSACTION_MARKER = "-- appstack:no-transaction"
+"""A line among a migration file's leading comments: run it outside a transaction."""
+ADVISORY_LOCK_KEY = 0x61707073_7461636B & 0x7FFFFFFFFFFFFFFF
+"""``pg_advisory_lock`` key that serializes migration work on one database ("appstack")."""
+DEFAULT_LOCK_TIMEOUT = "5s"
+_LOCK_TIMEOUT = re.compile(r"^[1-9][0-9]*(ms|s|min)$")
 
 _FILE_NAME = re.compile(r"^[A-Za-z0-9._-]+\.sql$")
 _BACKUP_ID = re.compile(r"^[a-z0-9][a-z0-9-]*-\d{8}T\d{6}Z-[A-Za-z0-9._-]*\.dump$")
@@ -35,6 +41,25 @@ LEDGER_DDL = f"""CREATE TABLE IF NOT EXISTS public.{LEDGER} (
   applied_at timestamptz NOT NULL DEFAULT now(),
   how text NOT NULL CHECK (how IN ('init', 'baselined', 'applied'))
 );"""
+
+
+RELEASES_SCHEMA = "appstack"
+RELEASES = f"{RELEASES_SCHEMA}.releases"
+RELEASES_DDL = f"""CREATE SCHEMA IF NOT EXISTS {RELEASES_SCHEMA};
+CREATE TABLE IF NOT EXISTS {RELEASES} (
+  id bigserial PRIMARY KEY,
+  ran_at timestamptz NOT NULL,
+  release text NOT NULL,
+  source_image text NOT NULL,
+  backup_id text NOT NULL,
+  applied jsonb NOT NULL,
+  ledger jsonb NOT NULL,
+  revision text NOT NULL
+);"""
+"""One row per migration run that did work, next to the ledger: what ``appstack history`` and
+``rollback`` read on any state backend (Pulumi's checkpoints per update are not exportable from
+a self-managed backend). Its own schema, left out of backups, so a restore keeps the records of
+the releases after the backup it restores."""
 
 
 class MigrationError(RuntimeError):
@@ -52,6 +77,27 @@ class SchemaFile:
     name: str
     checksum: str
     content: bytes
+
+    @property
+    def transactional(self) -> bool:
+        """False when the file's leading comment lines hold ``NO_TRANSACTION_MARKER``."""
+        for raw in self.content.decode("utf-8", "replace").splitlines():
+            line = raw.strip()
+            if not line:
+                continue
+            if not line.startswith("--"):
+                return True
+            if line.lower() == NO_TRANSACTION_MARKER:
+                return False
+        return True
+
+
+def check_lock_timeout(value: str) -> str:
+    """``value`` when it is a PostgreSQL duration like ``500ms``, ``5s`` or ``2min``."""
+    if not _LOCK_TIMEOUT.match(value):
+        msg = f"lock_timeout {value!r} is not a duration like 500ms, 5s or 2min"
+        raise ValueError(msg)
+    return value
 
 
 @dataclass(frozen=True)
@@ -91,6 +137,8 @@ class Plan:
     baselined: tuple[SchemaFile, ...]
     pending: tuple[SchemaFile, ...]
     notes: tuple[str, ...] = ()
+    recorded: tuple[str, ...] = ()
+    """Ledger names when the plan was made: rechecked under the migration lock."""
 
     @property
     def has_work(self) -> bool:
@@ -104,6 +152,10 @@ def load_schema(files: Mapping[str, bytes]) -> list[SchemaFile]:
         msg = f"schema has no {INIT} (files: {sorted(files)[:10]})"
         raise MigrationError(msg)
     out = [_schema_file(INIT, files[INIT])]
+    if not out[0].transactional:
+        msg = f"{INIT} carries {NO_TRANSACTION_MARKER!r}: only migration files may (init.sql runs "
+        msg += "in one transaction with the ledger)"
+        raise MigrationError(msg)
     for rel in sorted(files):
         path = PurePosixPath(rel)
         if len(path.parts) != 2 or path.parts[0] != MIGRATIONS_DIR or path.suffix != ".sql":
@@ -186,7 +238,8 @@ def plan_migration(files: Sequence[SchemaFile], state: DbState, baseline: str | 
         raise MigrationError(msg)
     pending = tuple(f for f in files if f.name not in recorded)
     kind = "apply" if pending else "none"
-    return Plan(kind, None, (), pending, notes if INIT in changed else ())
+    names = tuple(row.name for row in state.ledger)
+    return Plan(kind, None, (), pending, notes if INIT in changed else (), names)
 
 
 def pg_env(target: Target, password: str) -> dict[str, str]:
@@ -326,9 +379,41 @@ def _ledger_insert(rows: Sequence[tuple[SchemaFile, str]]) -> str:
     return f"INSERT INTO public.{LEDGER} (name, checksum, how) VALUES\n  {values};\n"
 
 
-def _apply_script(plan: Plan) -> str:
-    """psql script: init or baseline in one transaction, then one transaction per pending file."""
-    parts = ["\\set ON_ERROR_STOP on\n"]
+def _lock_script(plan: Plan, lock_timeout: str) -> str:
+    """psql: take the migration lock, then refuse when another run changed the ledger meanwhile.
+
+    The advisory lock waits without a lock timeout (a concurrent migration may take minutes; the
+    task's own timeout bounds it); the statements after it run with ``lock_timeout``.
+    """
+    expected = ",".join(sorted(plan.recorded))
+    must_be_empty = "true" if plan.init is not None else "false"
+    return f"""SET lock_timeout = 0;
+SELECT pg_advisory_lock({ADVISORY_LOCK_KEY}) IS NULL AS appstack_locked \\gset
+\\warn {MARK}LOCKED
+SELECT to_regclass('public.{LEDGER}') IS NOT NULL AS appstack_has_ledger \\gset
+\\if :appstack_has_ledger
+SELECT coalesce(string_agg(name, ',' ORDER BY name COLLATE "C"), '') AS appstack_ledger_now
+  FROM public.{LEDGER} \\gset
+\\else
+\\set appstack_ledger_now ''
+\\endif
+SELECT count(*) AS appstack_tables_now FROM pg_catalog.pg_tables
+  WHERE schemaname = 'public' AND tablename <> '{LEDGER}' \\gset
+SELECT :'appstack_ledger_now' = {_lit(expected)}
+  AND (NOT {must_be_empty} OR :appstack_tables_now = 0) AS appstack_unchanged \\gset
+\\if :appstack_unchanged
+\\else
+\\warn {MARK}CHANGED:ledger now [:appstack_ledger_now], :appstack_tables_now table(s)
+DO $$ BEGIN RAISE EXCEPTION 'appstack: the database changed while waiting for the lock'; END $$;
+\\endif
+SET lock_timeout = {_lit(check_lock_timeout(lock_timeout))};
+"""  # noqa: S608 - built from module constants and validated values only
+
+
+def _apply_script(plan: Plan, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> str:
+    """psql script: under the migration lock, init or baseline in one transaction, then one
+    transaction per pending file (none for a file marked ``NO_TRANSACTION_MARKER``)."""
+    parts = ["\\set ON_ERROR_STOP on\n", _lock_script(plan, lock_timeout)]
     if plan.init is not None:
         recorded = [(plan.init, "init"), *((f, "baselined") for f in plan.baselined)]
         parts.append(
@@ -343,6 +428,14 @@ def _apply_script(plan: Plan) -> str:
             f"\\warn {MARK}DONE:baseline\n"
         )
     for f in plan.pending:
+        if not f.transactional:
+            # Each statement commits on its own (CREATE INDEX CONCURRENTLY refuses a transaction
+            # block); the ledger row is written once every statement succeeded.
+            parts.append(
+                f"\\warn {MARK}BEGIN:{f.name}\n\\ir schema/{f.name}\n"
+                f"{_ledger_insert([(f, 'applied')])}\\warn {MARK}DONE:{f.name}\n"
+            )
+            continue
         parts.append(
             f"\\warn {MARK}BEGIN:{f.name}\nBEGIN;\n\\ir schema/{f.name}\n"
             f"{_ledger_insert([(f, 'applied')])}COMMIT;\n\\warn {MARK}DONE:{f.name}\n"
@@ -362,17 +455,28 @@ def _psql_errors(logs: str, after_marker: str) -> str:
     return "\n".join(errors[:8]) or log_tail(logs, 10)
 
 
-def apply_plan(runner: Runner, conn: Conn, plan: Plan) -> list[str]:
-    """Run a plan; return the names it applied, or raise naming the file that failed."""
+def apply_plan(
+    runner: Runner, conn: Conn, plan: Plan, lock_timeout: str = DEFAULT_LOCK_TIMEOUT
+) -> list[str]:
+    """Run a plan under the migration lock; return the names it applied, or raise naming the
+    file that failed (or saying that another migration changed the ledger meanwhile)."""
     if not plan.has_work:
         return []
-    files = {"apply.sql": _apply_script(plan).encode()}
+    files = {"apply.sql": _apply_script(plan, lock_timeout).encode()}
     for f in [*([plan.init] if plan.init else []), *plan.pending]:
         files[f"schema/{f.name}"] = f.content
     task = conn.task(runner, "migrate", PSQL.format(file="apply.sql"), files)
     try:
         logs = conn.run(runner, task)
     except TaskError as exc:
+        changed = markers(exc.logs, "CHANGED")
+        if changed:
+            msg = (
+                "another migration changed this database while this one waited for the "
+                f"migration lock ({changed[-1]}; planned against ledger "
+                f"{list(plan.recorded)}): nothing applied; run the update again"
+            )
+            raise MigrationError(msg) from None
         began = markers(exc.logs, "BEGIN")
         done = set(markers(exc.logs, "DONE"))
         failed = next((name for name in began if name not in done), None)
@@ -381,10 +485,20 @@ def apply_plan(runner: Runner, conn: Conn, plan: Plan) -> list[str]:
         applied = [f.name for f in plan.pending if f.name in done]
         error = _psql_errors(exc.logs, f"{MARK}BEGIN:{failed}")
         what = "baseline of the ledger" if failed == "baseline" else f"schema file {failed}"
-        msg = (
-            f"{what} failed and its transaction was rolled back; applied before it: "
-            f"{applied or 'none'}. psql said:\n{error}"
+        marked = next((f for f in plan.pending if f.name == failed and not f.transactional), None)
+        outcome = (
+            "failed outside a transaction (it is marked no-transaction): statements before the "
+            "failing one stay committed and it is not recorded; make it idempotent and re-run"
+            if marked
+            else "failed and its transaction was rolled back"
         )
+        hint = (
+            f" (it waited longer than lock_timeout {lock_timeout} for a lock: "
+            "appstack:migrationLockTimeout)"
+            if "lock timeout" in error
+            else ""
+        )
+        msg = f"{what} {outcome}{hint}; applied before it: {applied or 'none'}. psql said:\n{error}"
         raise MigrationError(msg) from None
     done = set(markers(logs, "DONE"))
     return [f.name for f in plan.pending if f.name in done]
@@ -404,7 +518,7 @@ BACKUP_SH = f"""if [ -e "$BACKUP_DIR/$BACKUP_NAME" ]; then
   echo "{MARK}EXISTS:$BACKUP_NAME"
   exit 4
 fi
-pg_dump -Fc -f "$BACKUP_DIR/$BACKUP_NAME.partial"
+pg_dump -Fc --exclude-schema=appstack -f "$BACKUP_DIR/$BACKUP_NAME.partial"
 mv "$BACKUP_DIR/$BACKUP_NAME.partial" "$BACKUP_DIR/$BACKUP_NAME"
 echo "{MARK}BACKUP:$BACKUP_NAME"
 n=0
@@ -508,3 +622,84 @@ def list_backups(runner: Runner, target: Target) -> list[str]:
         timeout_s=120.0,
     )
     return markers(runner.run(task).logs, "BACKUP")
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """A migration run that did work: when, which release, its backup, what it applied."""
+
+    ran_at: str
+    release: str
+    source_image: str
+    backup_id: str
+    applied: tuple[str, ...]
+    ledger: tuple[str, ...]
+    revision: str
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain dict form (JSON)."""
+        return {
+            "ran_at": self.ran_at,
+            "release": self.release,
+            "source_image": self.source_image,
+            "backup_id": self.backup_id,
+            "applied": list(self.applied),
+            "ledger": list(self.ledger),
+            "revision": self.revision,
+        }
+
+
+def record_release(runner: Runner, conn: Conn, record: ReleaseRecord) -> None:
+    """Write ``record`` into ``appstack.releases`` (created when missing)."""
+    values = ", ".join(
+        [
+            _lit(record.ran_at) + "::timestamptz",
+            _lit(record.release),
+            _lit(record.source_image),
+            _lit(record.backup_id),
+            _lit(json.dumps(list(record.applied))) + "::jsonb",
+            _lit(json.dumps(list(record.ledger))) + "::jsonb",
+            _lit(record.revision),
+        ]
+    )
+    sql = (
+        f"\\set ON_ERROR_STOP on\n{RELEASES_DDL}\n"
+        f"INSERT INTO {RELEASES} (ran_at, release, source_image, backup_id, applied, "
+        f"ledger, revision) VALUES ({values});\n"
+    )
+    task = conn.task(runner, "record", PSQL.format(file="r.sql"), {"r.sql": sql.encode()})
+    conn.run(runner, task)
+
+
+READ_RELEASES_SQL = f"""\\set ON_ERROR_STOP on
+SELECT to_regclass('{RELEASES}') IS NOT NULL AS appstack_has_releases \\gset
+\\if :appstack_has_releases
+SELECT '{MARK}RELEASE:' || json_build_object(
+  'ran_at', to_char(ran_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+  'release', release, 'source_image', source_image, 'backup_id', backup_id,
+  'applied', applied, 'ledger', ledger, 'revision', revision)::text
+  FROM {RELEASES} ORDER BY ran_at, id;
+\\endif
+"""  # noqa: S608 - module constants only
+
+
+def read_releases(runner: Runner, conn: Conn) -> list[ReleaseRecord]:
+    """Every recorded migration run, oldest first (none when the table does not exist yet)."""
+    task = conn.task(
+        runner, "releases", PSQL.format(file="r.sql"), {"r.sql": READ_RELEASES_SQL.encode()}
+    )
+    out = []
+    for raw in markers(conn.run(runner, task), "RELEASE"):
+        row = json.loads(raw)
+        out.append(
+            ReleaseRecord(
+                ran_at=str(row["ran_at"]),
+                release=str(row["release"]),
+                source_image=str(row["source_image"]),
+                backup_id=str(row["backup_id"]),
+                applied=tuple(row["applied"] or ()),
+                ledger=tuple(row["ledger"] or ()),
+                revision=str(row["revision"]),
+            )
+        )
+    return out

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import tarfile
 import tempfile
@@ -130,6 +131,8 @@ class Target:
     """Kubernetes: the kubeconfig context (None: the current one)."""
     run_as_user: int = 10001
     """Kubernetes: the non-root uid (and fsGroup) of task pods."""
+    stack: str = ""
+    """The stack whose tasks these are: Docker task containers carry it as ``appstack.stack``."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("docker", "local", "kubernetes"):
@@ -242,13 +245,77 @@ def _untar_dir(data: bytes) -> dict[str, bytes]:
     return out
 
 
-class DockerRunner:
-    """Runs tasks as one-off containers through the Docker Engine API (``ssh://`` works too)."""
+TASK_LABEL = "appstack.task"
+OWNER_LABEL = "appstack.owner"
+"""``<hostname>:<pid>`` of the process that runs a task container: a sweep keeps a live owner's."""
+FOREIGN_SWEEP_AGE_S = 3600.0
+"""A stopped task container left by another host is swept only when older than this."""
 
-    def __init__(self, docker_host: str | None, network: str, name_prefix: str) -> None:
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _created_age_s(attrs: Mapping[str, Any]) -> float:
+    """Seconds since the engine created a container (0 when the timestamp cannot be read)."""
+    from datetime import UTC, datetime
+
+    raw = str(attrs.get("Created") or "")
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)", raw)
+    if not match:
+        return 0.0
+    created = datetime.fromisoformat(match.group(1)).replace(tzinfo=UTC)
+    return (datetime.now(UTC) - created).total_seconds()
+
+
+def is_orphan(labels: Mapping[str, str], status: str, age_s: float, owner: str) -> bool:
+    """Whether a task container was left by a run that is gone (so a sweep may remove it).
+
+    Never one of this process's own (a parallel task of this run). On this host: one whose owner
+    process is dead. From another host (where liveness cannot be seen): a stopped one older than
+    ``FOREIGN_SWEEP_AGE_S``. Unlabelled (older releases of appstack): any stopped one.
+    """
+    me_host, _, me_pid = owner.rpartition(":")
+    host, _, pid = str(labels.get(OWNER_LABEL, "")).rpartition(":")
+    if not host:
+        return status not in ("running", "restarting")
+    if host == me_host:
+        return pid != me_pid and pid.isdigit() and not _pid_alive(int(pid))
+    return status not in ("running", "restarting") and age_s > FOREIGN_SWEEP_AGE_S
+
+
+class DockerRunner:
+    """Runs tasks as one-off containers through the Docker Engine API (``ssh://`` works too).
+
+    Task containers carry the stack (``appstack.stack``), the name prefix, the task and their
+    owner process; each is removed with its anonymous volumes (a client image such as Postgres
+    declares ``VOLUME``s, which would otherwise pile up dangling), and ``sweep_tasks`` removes
+    those a killed run left behind.
+    """
+
+    def __init__(
+        self, docker_host: str | None, network: str, name_prefix: str, stack: str = ""
+    ) -> None:
         self.docker_host = docker_host
         self.network = network
         self.name_prefix = name_prefix
+        self.stack = stack
+
+    def _labels(self, task: str) -> dict[str, str]:
+        labels = {TASK_LABEL: task, "appstack.prefix": self.name_prefix, OWNER_LABEL: _owner()}
+        if self.stack:
+            labels["appstack.stack"] = self.stack
+        return labels
 
     def _client(self) -> Any:
         import docker
@@ -291,7 +358,7 @@ class DockerRunner:
                 volumes={vol: {"bind": path, "mode": "rw"} for vol, path in task.mounts},
                 auto_remove=False,
                 detach=True,
-                labels={"appstack.task": task.name, "appstack.prefix": self.name_prefix},
+                labels=self._labels(task.name),
             )
             try:
                 container.put_archive("/", _tar_files(task.files, CONTAINER_WORK.lstrip("/")))
@@ -306,7 +373,7 @@ class DockerRunner:
                     container.kill()
                 raw = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
             finally:
-                container.remove(force=True)
+                container.remove(force=True, v=True)
         finally:
             client.close()
         return _finish(task, exit_code, raw, timed_out)
@@ -316,15 +383,53 @@ class DockerRunner:
         client = self._client()
         try:
             name = f"{self.name_prefix}-read-{secrets.token_hex(3)}"
-            container = self._create(client, image, command=["true"], name=name)
+            container = self._create(
+                client, image, command=["true"], name=name, labels=self._labels("read-image")
+            )
             try:
                 stream, _stat = container.get_archive(path)
                 data = b"".join(stream)
             finally:
-                container.remove(force=True)
+                container.remove(force=True, v=True)
         finally:
             client.close()
         return _untar_dir(data)
+
+    def sweep_tasks(self) -> list[str]:
+        """Remove (with their anonymous volumes) the task containers a killed run left behind.
+
+        Found by the stack label (by the name prefix when the runner has no stack, and for
+        containers of earlier appstack releases, which carry only that); see ``is_orphan``.
+        """
+        import docker.errors
+
+        owner = _owner()
+        client = self._client()
+        removed: list[str] = []
+        try:
+            filters = [[TASK_LABEL, f"appstack.prefix={self.name_prefix}"]]
+            if self.stack:
+                filters.insert(0, [TASK_LABEL, f"appstack.stack={self.stack}"])
+            seen: set[str] = set()
+            for labels in filters:
+                for container in client.containers.list(all=True, filters={"label": labels}):
+                    if container.id in seen:
+                        continue
+                    seen.add(container.id)
+                    found = container.labels or {}
+                    if "appstack.stack" in found and found["appstack.stack"] != self.stack:
+                        continue  # another stack sharing the prefix filter: not ours
+                    age = _created_age_s(container.attrs)
+                    if not is_orphan(found, container.status, age, owner):
+                        continue
+                    try:
+                        container.remove(force=True, v=True)
+                    except docker.errors.NotFound:
+                        continue
+                    removed.append(container.name)
+        finally:
+            client.close()
+        return removed
 
     def _each_container(self, names: Sequence[str], action: str) -> list[str]:
         """Stop every running container of each name, or start its newest one.
@@ -451,10 +556,17 @@ class LocalRunner:
         return [(row["action"], row["names"]) for row in rows]
 
 
+def sweep_leftover_tasks(runner: Runner) -> list[str]:
+    """Remove task containers a killed run left (Docker); other runners leave none to sweep."""
+    if isinstance(runner, DockerRunner):
+        return runner.sweep_tasks()
+    return []
+
+
 def runner_for(target: Target) -> Runner:
     """The runner for a target's kind."""
     if target.kind == "docker":
-        return DockerRunner(target.docker_host, target.network, target.name_prefix)
+        return DockerRunner(target.docker_host, target.network, target.name_prefix, target.stack)
     if target.kind == "kubernetes":
         from components.providers.k8s_runner import KubernetesRunner
 

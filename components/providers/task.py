@@ -6,6 +6,7 @@ idempotent (MinIO's ``mc mb --ignore-existing``). Secret env is a secret input, 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
-from components.providers.runner import Target, Task, runner_for
+from components.providers.runner import Target, Task, runner_for, sweep_leftover_tasks
 
 RERUN_KEYS = ("image", "entrypoint", "command", "env", "target")
 
@@ -23,6 +24,7 @@ RERUN_KEYS = ("image", "entrypoint", "command", "env", "target")
 def _run(props: Mapping[str, Any]) -> dict[str, Any]:
     target = Target.from_dict(props["target"])
     runner = runner_for(target)
+    sweep_leftover_tasks(runner)
     secret_env = {str(k): str(v) for k, v in (props.get("secret_env") or {}).items()}
     env = {str(k): str(v) for k, v in (props.get("env") or {}).items()}
     started = time.monotonic()
@@ -87,9 +89,12 @@ class OneOffTask(Resource, module="ops", name="OneOffTask"):
     def __init__(
         self, name: str, args: OneOffTaskArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
+        target = args.target
+        if not target.stack:  # label its containers with the program's stack
+            target = dataclasses.replace(target, stack=pulumi.get_stack())
         props: dict[str, Any] = {
             "name": name,
-            "target": args.target.to_dict(),
+            "target": target.to_dict(),
             "image": args.image,
             "command": list(args.command),
             "entrypoint": list(args.entrypoint) if args.entrypoint is not None else None,

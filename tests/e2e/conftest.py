@@ -23,22 +23,23 @@ def _require_engines() -> None:
         pytest.fail("e2e needs " + " and ".join(missing) + ": run it through `make test`")
 
 
-def cleanup(stack: Stack, ollama: str) -> None:
+def cleanup(stack: Stack, ollama: str = "", app: str = "haven") -> None:
     """Best effort: whatever a failed test left behind on the engine."""
     stack.pulumi("destroy", "--yes", "--skip-preview", "--stack", stack.name)
     ids = docker("ps", "-aq", "--filter", f"label=appstack.stack={stack.name}", check=False)
     if ids:
         docker("rm", "-f", *ids.split(), check=False)
     for vol in docker(
-        "volume", "ls", "-q", "--filter", f"name={stack.name}-haven", check=False
+        "volume", "ls", "-q", "--filter", f"name={stack.name}-{app}", check=False
     ).split():
         docker("volume", "rm", "-f", vol, check=False)
     for net in docker(
-        "network", "ls", "-q", "--filter", f"name={stack.name}-haven", check=False
+        "network", "ls", "-q", "--filter", f"name={stack.name}-{app}", check=False
     ).split():
         docker("network", "rm", net, check=False)
-    docker("rm", "-f", ollama, check=False)
-    docker("network", "rm", stack.ollama_network, check=False)
+    if ollama:
+        docker("rm", "-f", ollama, check=False)
+        docker("network", "rm", stack.ollama_network, check=False)
 
 
 @pytest.fixture(scope="module")

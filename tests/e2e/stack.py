@@ -6,8 +6,10 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,11 +67,17 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, tmp: Path, name: str, port: int, config: Mapping[str, Any]) -> Stack:
-        """Copy the program, write ``Pulumi.<name>.yaml`` from dev's plus ``config``."""
+    def create(
+        cls, tmp: Path, name: str, port: int, config: Mapping[str, Any], base: str = "dev"
+    ) -> Stack:
+        """Copy the program, write ``Pulumi.<name>.yaml`` from ``Pulumi.<base>.yaml`` + ``config``.
+
+        The base's public port becomes ``port``; a base that names an Ollama network (Haven's)
+        gets one of the stack's own.
+        """
         work = tmp / "project"
         work.mkdir(parents=True)
-        for item in COPY:
+        for item in (*COPY, f"Pulumi.{base}.yaml"):
             src = ROOT / item
             if src.is_dir():
                 shutil.copytree(src, work / item, ignore=shutil.ignore_patterns("__pycache__"))
@@ -79,10 +87,11 @@ class Stack:
         pulumi_yaml = yaml.safe_load((work / "Pulumi.yaml").read_text())
         pulumi_yaml["runtime"]["options"]["virtualenv"] = str(ROOT / ".venv")
         (work / "Pulumi.yaml").write_text(yaml.safe_dump(pulumi_yaml))
-        dev = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
+        dev = yaml.safe_load((ROOT / f"Pulumi.{base}.yaml").read_text())["config"]
         net = f"appstack-{name}-ollama"
         dev["appstack:public"] = {"address": "127.0.0.1", "port": port}
-        dev["appstack:ollama"] = {"url": "http://ollama:11434", "network": net}
+        if "appstack:ollama" in dev:
+            dev["appstack:ollama"] = {"url": "http://ollama:11434", "network": net}
         dev.update(config)
         (work / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump({"config": dev}))
         state = tmp / "state"
@@ -215,11 +224,14 @@ class Stack:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.get(self.url(path), headers=headers, timeout=10)
 
-    def psql(self, sql: str) -> str:
-        """Run SQL in the stack's Postgres container (as the test operator would, via exec)."""
+    def psql(self, sql: str, database: str = "haven") -> str:
+        """Run SQL in the stack's Postgres container (as the test operator would, via exec).
+
+        ``database`` is the app's database, owned by the user of the same name.
+        """
         return docker(
             "exec", self.containers()["postgres"]["Id"],
-            "psql", "-U", "haven", "-d", "haven", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql,
+            "psql", "-U", database, "-d", database, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql,
         )  # fmt: skip
 
 
@@ -257,3 +269,48 @@ def wait_http(url: str, status: int = 200, deadline_s: float = 60) -> httpx.Resp
         time.sleep(1)
     msg = f"{url} did not answer {status}: {last!r}"
     raise AssertionError(msg)
+
+
+@dataclass
+class Watch:
+    """Requests against one URL at a fixed rate, from a thread, until stopped."""
+
+    url: str
+    interval_s: float
+    verify: ssl.SSLContext | bool = True
+    version_key: str = "version"
+    """The JSON field of a 200 answer that names the release which served it."""
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    versions: set[str] = field(default_factory=set)
+    longest_gap_s: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        last_ok = time.monotonic()
+        with httpx.Client(timeout=5, verify=self.verify) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    resp = client.get(self.url)
+                    if resp.status_code == 200:
+                        self.ok += 1
+                        self.versions.add(str(resp.json().get(self.version_key)))
+                        self.longest_gap_s = max(self.longest_gap_s, started - last_ok)
+                        last_ok = started
+                    else:
+                        self.failures.append(f"{resp.status_code} {resp.text[:80]}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+
+    def __enter__(self) -> Watch:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(timeout=30)

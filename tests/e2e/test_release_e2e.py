@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.e2e.conftest import cleanup
-from tests.e2e.stack import Result, Stack, docker, start_ollama
+from tests.e2e.stack import Result, Stack, Watch, docker, start_ollama
 
 pytestmark = pytest.mark.e2e
 PORT = 18282
@@ -26,49 +23,6 @@ NEVER_HEALTHY = {"repository": "ollama", "tag": "double"}
 """An image that runs, but never answers the gateway's health check (it serves Ollama's API)."""
 CRASHES = {"repository": "postgres-pgvector", "tag": "17"}
 """As the worker, this image's entrypoint exits at once (no password, no capabilities): a loop."""
-
-
-@dataclass
-class Watch:
-    """Requests against one URL at a fixed rate, from a thread, until stopped."""
-
-    url: str
-    interval_s: float
-    verify: ssl.SSLContext | bool = True
-    ok: int = 0
-    failures: list[str] = field(default_factory=list)
-    versions: set[str] = field(default_factory=set)
-    longest_gap_s: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        last_ok = time.monotonic()
-        with httpx.Client(timeout=5, verify=self.verify) as client:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    resp = client.get(self.url)
-                    if resp.status_code == 200:
-                        self.ok += 1
-                        self.versions.add(str(resp.json().get("version")))
-                        self.longest_gap_s = max(self.longest_gap_s, started - last_ok)
-                        last_ok = started
-                    else:
-                        self.failures.append(f"{resp.status_code} {resp.text[:80]}")
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"{type(exc).__name__}: {exc}")
-                self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
-
-    def __enter__(self) -> Watch:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

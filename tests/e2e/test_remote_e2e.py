@@ -69,6 +69,9 @@ def ssh_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             subprocess.run(["kill", pid], check=False)
 
 
+URL = "http://127.0.0.1:18484"
+
+
 def test_stack_deploys_to_an_engine_over_ssh(
     ssh_home: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -76,14 +79,21 @@ def test_stack_deploys_to_an_engine_over_ssh(
         tmp_path_factory.mktemp("remote"),
         "remote",
         18484,
-        {"appstack:dockerHost": f"ssh://root@127.0.0.1:{PORT}"},
+        {
+            "appstack:dockerHost": f"ssh://root@127.0.0.1:{PORT}",
+            # A remote engine: where clients reach its published port must be said.
+            "appstack:public": {"address": "127.0.0.1", "port": 18484, "url": URL},
+        },
     )
     stack.env["HOME"] = str(ssh_home)  # the engine's SSH client reads ~/.ssh from here
     start_ollama(stack.ollama_network, "appstack-remote-ollama")
     try:
         stack.up()
         running = stack.containers()
-        assert len(running) == 7 and all(c["State"]["Running"] for c in running.values())
+        expected = {"gateway", "catalog", "search", "worker", "postgres", "qdrant", "minio", "caddy",
+                    "prometheus", "alertmanager", "postgres-exporter"}  # fmt: skip
+        assert set(running) == expected
+        assert all(c["State"]["Running"] for c in running.values())
         assert wait_http(stack.url("/v1/healthz")).json()["status"] == "ok"
         # The migration's one-off tasks also went over SSH: the ledger exists.
         assert "init.sql" in stack.psql("select name from appstack_schema_ledger")

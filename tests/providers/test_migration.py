@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -10,9 +12,13 @@ import pytest
 
 from components.providers.migration import MigrationProvider
 from components.providers.postgres import (
+    ADVISORY_LOCK_KEY,
+    NO_TRANSACTION_MARKER,
+    Conn,
     DatabaseUnreachableError,
     MigrationError,
     list_backups,
+    read_releases,
     restore_backup,
 )
 from components.providers.runner import LocalRunner
@@ -150,12 +156,171 @@ def test_quiescent_containers_are_stopped_and_restarted_even_on_failure(db: Db) 
     provider = MigrationProvider()
     first = provider.create(migration_props(db, "v1", quiescent=["worker"])).outs or {}
     runner = LocalRunner(str(db.workdir))
-    assert runner.recorded_calls() == [("stop", ["worker"]), ("start", ["worker"])]
+    start, stop = ("start", ["worker"]), ("stop", ["worker"])
+    # Started first (a killed run may have left it stopped), then stopped around the work.
+    assert runner.recorded_calls() == [start, stop, start]
     provider.update("id", first, migration_props(db, "v1", quiescent=["worker"]))
-    assert len(runner.recorded_calls()) == 2  # nothing pending: nothing stopped
+    assert runner.recorded_calls()[3:] == [start]  # nothing pending: started, never stopped
     with pytest.raises(MigrationError):
         provider.update("id", first, migration_props(db, "v3_failing", quiescent=["worker"]))
-    assert runner.recorded_calls()[2:] == [("stop", ["worker"]), ("start", ["worker"])]
+    assert runner.recorded_calls()[4:] == [start, stop, start]
+
+
+def _schema(root: Path, files: dict[str, str]) -> str:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return str(root)
+
+
+def _copy_schema(name: str, dest: Path, extra: dict[str, str]) -> str:
+    src = Path(__file__).parent / "fixtures" / name
+    files = {p.relative_to(src).as_posix(): p.read_text() for p in src.rglob("*.sql")}
+    return _schema(dest, {**files, **extra})
+
+
+def _hold(db: Db, sql: str, seconds: float) -> subprocess.Popen[bytes]:
+    """A superuser session that runs ``sql`` then sleeps ``seconds`` (holding what it took)."""
+    server = db.server
+    argv = ["psql", "-X", "-q", "-U", "postgres", "-h", server.socket_dir, "-p", str(server.port)]
+    argv += ["-d", db.name, "-c", sql, "-c", f"SELECT pg_sleep({seconds})"]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _release(db: Db, holder: subprocess.Popen[bytes]) -> None:
+    """End a holding session now (killing psql alone leaves its backend asleep, lock held)."""
+    db.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE query LIKE 'SELECT pg_sleep%' AND datname = current_database() "
+        "AND pid <> pg_backend_pid()"
+    )
+    holder.wait(timeout=30)
+
+
+def _wait_for(db: Db, query: str, deadline_s: float = 10.0) -> None:
+    end = time.monotonic() + deadline_s
+    while db.sql(query) in ("", "0", "f"):
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for: {query}")
+        time.sleep(0.05)
+
+
+ADVISORY_HELD = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "  # noqa: S608
+    f"AND ((classid::bigint << 32) | objid::bigint) = {ADVISORY_LOCK_KEY}"
+)
+ADVISORY_WAITING = ADVISORY_HELD.replace("AND granted", "AND NOT granted")
+
+
+def test_migration_waits_for_the_advisory_lock_of_another_migration(db: Db) -> None:
+    provider = MigrationProvider()
+    first = provider.create(migration_props(db, "v1")).outs or {}
+    holder = _hold(db, f"SELECT pg_advisory_lock({ADVISORY_LOCK_KEY})", 3)
+    try:
+        _wait_for(db, ADVISORY_HELD)
+        started = time.monotonic()
+        outs = provider.update("id", first, migration_props(db, "v2")).outs or {}
+        waited = time.monotonic() - started
+    finally:
+        holder.wait(timeout=30)
+    assert outs["applied"] == ["migrations/v2_002_tags.sql"]
+    assert waited >= 2.0, f"applied after {waited:.1f}s: it did not wait for the lock"
+
+
+def test_a_migration_that_lost_the_race_applies_nothing_and_fails_cleanly(db: Db) -> None:
+    provider = MigrationProvider()
+    first = provider.create(migration_props(db, "v1")).outs or {}
+    holder = _hold(db, f"SELECT pg_advisory_lock({ADVISORY_LOCK_KEY})", 2)
+    errors: list[BaseException] = []
+
+    def racer() -> None:
+        try:
+            provider.update("id", first, migration_props(db, "v2"))
+        except BaseException as exc:  # handed to the test thread
+            errors.append(exc)
+
+    try:
+        _wait_for(db, ADVISORY_HELD)
+        thread = threading.Thread(target=racer)
+        thread.start()
+        _wait_for(db, ADVISORY_WAITING, 30)
+        # The winner of the race records its run while the loser waits for the lock.
+        db.sql(
+            "INSERT INTO appstack_schema_ledger (name, checksum, how) "
+            "VALUES ('migrations/v2_002_tags.sql', 'other-run', 'applied')"
+        )
+        thread.join(timeout=60)
+    finally:
+        holder.wait(timeout=30)
+    assert len(errors) == 1 and isinstance(errors[0], MigrationError), errors
+    assert "another migration changed this database" in str(errors[0])
+    assert "nothing applied" in str(errors[0])
+    assert "tags" not in db.tables()
+    assert _ledger(db)["migrations/v2_002_tags.sql"] == "applied"
+    assert db.sql("SELECT checksum FROM appstack_schema_ledger WHERE name LIKE '%tags%'") == (
+        "other-run"
+    )
+
+
+def test_statements_give_up_after_lock_timeout_naming_the_file_and_key(
+    db: Db, tmp_path: Path
+) -> None:
+    provider = MigrationProvider()
+    first = provider.create(migration_props(db, "v1")).outs or {}
+    alter = "ALTER TABLE items ADD COLUMN colour text;\n"
+    schema = _copy_schema("v1", tmp_path / "schema", {"migrations/v2_009_colour.sql": alter})
+    holder = _hold(db, "BEGIN; LOCK TABLE items IN ACCESS SHARE MODE;", 20)
+    try:
+        _wait_for(db, "SELECT count(*) FROM pg_locks WHERE relation = 'items'::regclass")
+        props = migration_props(db, "v1", schema_path=schema, lock_timeout="500ms")
+        started = time.monotonic()
+        with pytest.raises(MigrationError) as err:
+            provider.update("id", first, props)
+        took = time.monotonic() - started
+    finally:
+        _release(db, holder)
+    message = str(err.value)
+    assert "migrations/v2_009_colour.sql" in message
+    assert "lock timeout" in message
+    assert "appstack:migrationLockTimeout" in message
+    assert took < 10, f"took {took:.1f}s: lock_timeout did not apply"
+    assert "migrations/v2_009_colour.sql" not in _ledger(db)
+    again = provider.update("id", first, props).outs or {}  # the lock is gone: it applies
+    assert again["applied"] == ["migrations/v2_009_colour.sql"]
+
+
+def test_lock_timeout_input_is_validated(db: Db) -> None:
+    failures = MigrationProvider().check({}, migration_props(db, "v1", lock_timeout="5 sec"))
+    assert [(f.property, "500ms, 5s or 2min" in f.reason) for f in failures.failures] == [
+        ("lock_timeout", True)
+    ]
+
+
+CONCURRENT_INDEX = "CREATE INDEX CONCURRENTLY IF NOT EXISTS items_name_idx ON items (name);\n"
+
+
+def test_a_file_marked_no_transaction_runs_outside_one(db: Db, tmp_path: Path) -> None:
+    provider = MigrationProvider()
+    first = provider.create(migration_props(db, "v1")).outs or {}
+    unmarked = _copy_schema("v1", tmp_path / "a", {"migrations/v2_010_idx.sql": CONCURRENT_INDEX})
+    with pytest.raises(MigrationError, match="cannot run inside a transaction block"):
+        provider.update("id", first, migration_props(db, "v1", schema_path=unmarked))
+    marked_text = f"-- builds the index without blocking writes\n{NO_TRANSACTION_MARKER}\n"
+    marked = _copy_schema(
+        "v1", tmp_path / "b", {"migrations/v2_010_idx.sql": marked_text + CONCURRENT_INDEX}
+    )
+    outs = provider.update("id", first, migration_props(db, "v1", schema_path=marked)).outs or {}
+    assert outs["applied"] == ["migrations/v2_010_idx.sql"]
+    assert db.sql("SELECT indisvalid FROM pg_index WHERE indexrelid = 'items_name_idx'::regclass")
+    assert _ledger(db)["migrations/v2_010_idx.sql"] == "applied"
+
+
+def test_init_sql_may_not_carry_the_no_transaction_marker(db: Db, tmp_path: Path) -> None:
+    init = (Path(__file__).parent / "fixtures" / "v1" / "init.sql").read_text()
+    schema = _schema(tmp_path / "s", {"init.sql": f"{NO_TRANSACTION_MARKER}\n{init}"})
+    with pytest.raises(MigrationError, match="only migration files may"):
+        MigrationProvider().create(migration_props(db, "v1", schema_path=schema))
+    assert db.tables() == set()
 
 
 def test_diff_reruns_on_image_change_and_ignores_password_change(db: Db) -> None:
@@ -253,3 +418,24 @@ def test_pgvector_extension_when_installed(db: Db) -> None:
         )
     db.sql("CREATE EXTENSION vector")
     assert db.sql("SELECT '[1,2]'::vector") == "[1,2]"
+
+
+def test_each_run_with_work_leaves_a_release_record_next_to_the_ledger(db: Db) -> None:
+    provider = MigrationProvider()
+    runner = LocalRunner(str(db.workdir))
+    conn = Conn(db.target, db.password)
+    assert read_releases(runner, conn) == []  # no table yet: no records, no error
+    first = provider.create(migration_props(db, "v1")).outs or {}
+    db.sql("INSERT INTO items (name) VALUES ('x')")
+    second = provider.update("id", first, migration_props(db, "v2")).outs or {}
+    provider.update("id", second, migration_props(db, "v2"))  # nothing pending: no record
+    records = read_releases(runner, conn)
+    assert [(r.release, r.backup_id, r.applied) for r in records] == [
+        ("v1", "", ("init.sql",)),
+        ("v2", second["backup_id"], ("migrations/v2_002_tags.sql",)),
+    ]
+    assert records[1].ledger == tuple(row["name"] for row in second["ledger"])
+    assert records[1].ran_at.replace("Z", "+00:00") == second["ran_at"]
+    restore_backup(runner, db.target, db.password, second["backup_id"])
+    assert "tags" not in db.tables()
+    assert read_releases(runner, conn) == records, "a restore must keep the release records"

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+import pytest
+
+from components.apps.engramia import DEEP_HEALTH_TIMEOUT_S
 from tests.unit.harness import Program, run, unwrap
 
 CONTAINER = "pulumi-python:dynamic/docker:Container"
@@ -17,10 +27,15 @@ ENGRAMIA_SECRETS = {
 }
 
 
-def containers(stack: str = "engramia-dev", **overrides: str) -> dict[str, dict]:
+def containers(
+    stack: str = "engramia-dev", overrides: dict[str, Any] | None = None
+) -> dict[str, dict]:
     program = run(stack, overrides=overrides)
+    # the monitoring component's containers are tested on their own (test_monitoring.py)
     return {
-        r.inputs["name"].rsplit("-", 1)[-1]: unwrap(r.inputs) for r in program.of_type(CONTAINER)
+        r.inputs["name"].rsplit("-", 1)[-1]: unwrap(r.inputs)
+        for r in program.of_type(CONTAINER)
+        if unwrap(r.inputs["labels"]).get("appstack.component") != "monitoring"
     }
 
 
@@ -38,23 +53,29 @@ def test_api_runs_as_1001_read_only_on_tmpfs_without_a_volume() -> None:
     assert set(api["tmpfs"]) == {"/tmp", "/app/tmp", "/data"}
     assert api["mounts"] == []
     assert api["rollout"] == "start-first"
-    assert api["healthcheck"]["test"][-1] == "http://127.0.0.1:8000/v1/version"
 
 
 def _dev() -> Program:
     return run("engramia-dev")
 
 
+def _app_owned(inputs: dict[str, Any]) -> bool:
+    return unwrap(inputs["labels"]).get("appstack.component") != "monitoring"
+
+
 def test_on_dev_only_caddy_publishes_and_the_api_has_no_port_and_no_volume() -> None:
     program = _dev()
-    running = {r.inputs["name"].rsplit("-", 1)[-1]: r.inputs for r in program.of_type(CONTAINER)}
-    publishing = [name for name, c in running.items() if c["ports"]]
+    # every container counts for what publishes; the app's own for the rest (monitoring has its
+    # own tests in test_monitoring.py)
+    every = {r.inputs["name"].rsplit("-", 1)[-1]: r.inputs for r in program.of_type(CONTAINER)}
+    publishing = [name for name, c in every.items() if c["ports"]]
     assert publishing == ["caddy"]
+    running = {n: c for n, c in every.items() if _app_owned(c)}
     api = running["api"]
     assert api["ports"] == [] and api["mounts"] == []
     nets = {n["name"] for n in api["networks"]}
     assert nets == {"engramia-dev-engramia-internal", "engramia-dev-engramia-edge"}
-    volumes = {v.inputs["name"] for v in program.of_type(VOLUME)}
+    volumes = {v.inputs["name"] for v in program.of_type(VOLUME) if _app_owned(v.inputs)}
     assert volumes == {
         "engramia-dev-engramia-postgres-pgdata",
         "engramia-dev-engramia-backups",
@@ -114,7 +135,7 @@ def test_smoke_requires_storage_ok_not_the_overall_status() -> None:
 
 
 def test_maintenance_is_the_apps_own_switch() -> None:
-    on = containers(**{"appstack:maintenance": "true"})
+    on = containers(overrides={"appstack:maintenance": "true"})
     assert on["api"]["env"]["ENGRAMIA_MAINTENANCE"] == "true"
     assert set(on) == {"api", "postgres", "caddy"}, "no responder: Engramia has its own switch"
     smoke = run("engramia-dev", overrides={"appstack:maintenance": "true"}).named(
@@ -139,3 +160,127 @@ def test_prod_runs_two_api_replicas_with_secret_refs_only() -> None:
     text = json.dumps([d.inputs for d in deployments])
     for value in ENGRAMIA_SECRETS.values():
         assert value not in text
+
+
+@contextmanager
+def answering(status: int) -> Iterator[str]:
+    """A local HTTP server whose every GET answers ``status``; yields its /v1/health URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/health"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "healthy"), [(401, True), (429, True), (200, False), (503, False), (404, False)]
+)
+def test_the_api_probe_takes_an_anonymous_401_as_serving(status: int, healthy: bool) -> None:
+    """The probe the container runs, run here against a server answering ``status``."""
+    test = containers()["api"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python3", "-c"]
+    assert test[-1] == "http://127.0.0.1:8000/v1/health", "never /v1/version: 503 in maintenance"
+    with answering(status) as url:
+        probe = subprocess.run(
+            [sys.executable, "-c", test[3], url], capture_output=True, text=True, timeout=30
+        )
+    assert (probe.returncode == 0) is healthy, probe.stderr
+
+
+def test_the_api_probe_fails_when_nothing_listens() -> None:
+    test = containers()["api"]["healthcheck"]["test"]
+    probe = subprocess.run(
+        [sys.executable, "-c", test[3], "http://127.0.0.1:9/v1/health"],
+        capture_output=True,
+        timeout=30,
+    )
+    assert probe.returncode != 0
+
+
+def test_auth_mode_and_integer_rate_limits_reach_the_api() -> None:
+    dev = containers()["api"]["env"]
+    assert dev["ENGRAMIA_AUTH_MODE"] == "env"
+    limits = {k: v for k, v in dev.items() if k.startswith("ENGRAMIA_RATE_LIMIT_")}
+    assert limits == {
+        "ENGRAMIA_RATE_LIMIT_DEFAULT": "60",
+        "ENGRAMIA_RATE_LIMIT_EXPENSIVE": "10",
+        "ENGRAMIA_RATE_LIMIT_PER_KEY": "120",
+    }
+    tuning: dict[str, Any] = {"authMode": "db", "rateLimits": {"default": 600, "perKey": "7"}}
+    tuned = containers(overrides={"appstack:engramia": tuning})["api"]["env"]
+    assert tuned["ENGRAMIA_AUTH_MODE"] == "db"
+    assert (tuned["ENGRAMIA_RATE_LIMIT_DEFAULT"], tuned["ENGRAMIA_RATE_LIMIT_PER_KEY"]) == (
+        "600",
+        "7",
+    )
+    assert tuned["ENGRAMIA_RATE_LIMIT_EXPENSIVE"] == "10"
+
+
+def test_the_bootstrap_token_goes_only_where_it_can_be_used() -> None:
+    assert "ENGRAMIA_BOOTSTRAP_TOKEN" not in containers()["api"]["env"], "env mode has no bootstrap"
+    db = run("engramia-dev", overrides={"appstack:engramia": {"authMode": "db"}})
+    api = db.named("engramia-dev-engramia-api")
+    assert api.is_secret("env")
+    token = unwrap(api.inputs["env"])["ENGRAMIA_BOOTSTRAP_TOKEN"]
+    assert token == "generated-engramia-dev-engramia-bootstrapToken"
+
+
+def test_prod_defaults_to_db_auth() -> None:
+    program = run("engramia-prod", secrets=ENGRAMIA_SECRETS)
+    (api,) = [
+        d
+        for d in program.of_type("kubernetes:apps/v1:Deployment")
+        if d.inputs["metadata"]["name"] == "api"
+    ]
+    (container,) = api.inputs["spec"]["template"]["spec"]["containers"]
+    plain = {e["name"]: e.get("value") for e in container["env"]}
+    assert plain["ENGRAMIA_AUTH_MODE"] == "db"
+    assert "ENGRAMIA_BOOTSTRAP_TOKEN" in plain, "db mode: the bootstrap endpoint needs its token"
+    probe = container["readinessProbe"]["exec"]["command"]
+    assert probe[-1] == "http://127.0.0.1:8000/v1/health", "never /v1/version: 503 in maintenance"
+
+
+def test_smoke_checks_the_deployed_version_with_deep_healths_timeout() -> None:
+    smoke = run("engramia-dev").named("engramia-dev-engramia-smoke")
+    checks = {c["name"]: c for c in smoke.inputs["checks"]}
+    assert checks["version"]["expect_json"] == {"app_version": "0.6.1"}
+    assert not checks["version"].get("bearer_key"), "no key: /v1/version is public"
+    assert smoke.inputs["timeout_s"] == DEEP_HEALTH_TIMEOUT_S >= 15
+    assert smoke.is_secret("secrets")
+
+
+def test_smoke_sends_the_first_of_several_api_keys() -> None:
+    keys = "first-key-of-two,second-key-of-two"
+    program = run("engramia-dev", secrets={"apiKeys": keys})
+    smoke = program.named("engramia-dev-engramia-smoke")
+    assert unwrap(smoke.inputs["secrets"]) == {"deep-health": "first-key-of-two"}
+    api = program.named("engramia-dev-engramia-api")
+    assert unwrap(api.inputs["env"])["ENGRAMIA_API_KEYS"] == keys
+
+
+def test_a_digest_pinned_api_skips_the_version_value_not_the_check() -> None:
+    digest = "sha256:" + "b" * 64
+    images = {
+        "api": {"registry": "appstack.local", "repository": "engramia", "digest": digest},
+        "postgres": {"registry": "appstack.local", "repository": "postgres-pgvector", "tag": "17"},
+        "caddy": {"registry": "appstack.local", "repository": "caddy", "tag": "2"},
+    }
+    smoke = run("engramia-dev", overrides={"appstack:images": images}).named(
+        "engramia-dev-engramia-smoke"
+    )
+    checks = {c["name"]: c for c in smoke.inputs["checks"]}
+    assert checks["version"]["expect_status"] == 200
+    assert checks["version"]["expect_json"] == {}

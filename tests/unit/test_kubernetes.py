@@ -471,6 +471,15 @@ def test_render_mode_skips_cluster_tasks_and_says_so(tmp_path: Path) -> None:
             assert res.provider.startswith(provider.urn), res.name
 
 
+def test_skip_cluster_tasks_declares_no_task_and_says_which() -> None:
+    program = _prod_with({"skipClusterTasks": True})
+    assert not program.of_type(MIGRATION) and not program.of_type(SMOKE)
+    assert not program.of_type("kubernetes:batch/v1:Job")
+    assert len(program.of_type(DEPLOYMENT)) == 5
+    note = program.outputs["kubernetesNote"]
+    assert "NOT declared (Migration, init Job bucket, SmokeTest)" in note
+
+
 # -- bad configuration ------------------------------------------------------------------------
 
 BAD: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
@@ -500,6 +509,7 @@ BAD: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
     ("pdb unknown service", {"pdbMinAvailable": {"web": 1}}, {}, "pdbMinAvailable.web"),
     ("ingress namespace", {"ingressNamespace": "Ingress_NS"}, {}, "kubernetes.ingressNamespace"),
     ("unknown field", {"replicas": 2}, {}, "appstack:kubernetes: unknown fields"),
+    ("skip tasks not a bool", {"skipClusterTasks": "yes"}, {}, "kubernetes.skipClusterTasks"),
 ]
 
 
@@ -507,11 +517,13 @@ BAD: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
 def test_bad_kubernetes_config_names_the_key_and_creates_nothing(
     label: str, k8s: dict[str, Any], more: dict[str, Any], expected: str
 ) -> None:
-    programs: list[Program] = []
+    attempt = Program()
+    config = {**stack_config("prod")["appstack:kubernetes"], **k8s}
+    overrides = {"appstack:kubernetes": config, **more}
     with pytest.raises(ConfigError) as err:
-        programs.append(_prod_with(k8s, **more))
+        run("prod", overrides=overrides, secrets=SECRET_VALUES, into=attempt)
     assert expected in str(err.value), f"{label}: {err.value}"
-    assert not programs
+    assert attempt.resources == [], f"{label}: registered {[r.name for r in attempt.resources]}"
 
 
 # -- the kubectl runner -----------------------------------------------------------------------
@@ -569,12 +581,17 @@ with open(log, "a") as fh:
 mode = os.environ.get("FAKE_KUBECTL_MODE", "ok")
 verb = args[args.index("--namespace") + 2]
 if verb == "get" and "job" in args:
-    print(json.dumps({{"status": {{"succeeded": 1}} if mode == "ok" else {{"failed": 1}}}}))
+    print(json.dumps({{"status": {{"failed": 1}} if mode == "fail" else {{"succeeded": 1}}}}))
 elif verb == "get" and "pods" in args:
-    code = 0 if mode == "ok" else 3
-    state = {{"terminated": {{"exitCode": code}}}}
-    print(json.dumps({{"items": [{{"status": {{"containerStatuses": [{{"state": state}}]}}}}]}}))
+    code = 3 if mode == "fail" else 0
+    status = {{"state": {{"terminated": {{"exitCode": code}}}}}}
+    if mode != "never-ran":  # a runtime that ran the container gives it an ID
+        status["containerID"] = "containerd://0123abcd"
+    print(json.dumps({{"items": [{{"status": {{"containerStatuses": [status]}}}}]}}))
 elif verb == "logs":
+    if mode == "never-ran":
+        print("Error from server: dial tcp 127.0.0.1:1: connection refused", file=sys.stderr)
+        sys.exit(1)
     print(os.environ.get("FAKE_KUBECTL_LOGS", "done"))
 """
 
@@ -624,6 +641,19 @@ def test_runner_failure_raises_redacted_and_still_cleans_up(
         runner.run(task)
     assert err.value.exit_code == 3
     assert "pw-secret-value" not in str(err.value) and "***" in str(err.value)
+    assert _verbs(fake_kubectl).count("delete") == 3
+
+
+def test_runner_refuses_a_completion_no_container_ran(
+    fake_kubectl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_KUBECTL_MODE", "never-ran")
+    runner = KubernetesRunner("ns", "prod-haven")
+    with pytest.raises(TaskError) as err:
+        runner.run(Task(name="apply", image="pg", command=["true"]))
+    message = str(err.value)
+    assert "task 'apply' (Job ns/prod-haven-apply-" in message
+    assert "no container ran" in message and "skipClusterTasks" in message
     assert _verbs(fake_kubectl).count("delete") == 3
 
 

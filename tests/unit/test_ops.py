@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from components.ops.stack import Entry, OpsError, pick, stale_locks
+from components.ops.stack import (
+    SMOKE_TYPE,
+    Entry,
+    OpsError,
+    attach_releases,
+    parse_history,
+    pick,
+    read_events,
+    stale_locks,
+)
 
 
 def _entry(number: int, result: str = "succeeded", kind: str = "update") -> Entry:
@@ -59,3 +68,84 @@ def test_stale_locks_finds_only_dead_local_pids(
         (folder / f"{name}.json").write_text(json.dumps(lock))
     assert stale_locks("appstack", "dev") == [dead.pid]
     assert stale_locks("appstack", "prod") == []
+
+    monkeypatch.setenv("PULUMI_BACKEND_URL", "s3://state?endpoint=127.0.0.1:9000")
+    assert stale_locks("appstack", "dev") == []  # only a file backend's locks can be read
+
+
+def _update(start: str, end: str, result: str, gateway: str) -> dict[str, object]:
+    images = {"gateway": {"registry": "r", "repository": "haven-gateway", "tag": gateway}}
+    return {
+        "version": 0,
+        "kind": "update",
+        "startTime": start,
+        "endTime": end,
+        "result": result,
+        "config": {"appstack:images": {"value": json.dumps(images), "objectValue": images}},
+    }
+
+
+HISTORY = [  # as `pulumi stack history --json` prints it: newest first
+    _update("2026-01-01T10:02:00.000Z", "2026-01-01T10:02:30.000Z", "failed", "3"),
+    _update("2026-01-01T10:01:00.000Z", "2026-01-01T10:01:30.000Z", "succeeded", "2"),
+    _update("2026-01-01T10:00:00.000Z", "2026-01-01T10:00:30.000Z", "succeeded", "1"),
+]
+RELEASES = [
+    {"ran_at": "2026-01-01T10:00:10Z", "backup_id": "", "applied": ["init.sql"],
+     "ledger": ["init.sql"]},
+    {"ran_at": "2026-01-01T10:01:10Z", "backup_id": "b-2", "applied": ["m/2.sql"],
+     "ledger": ["init.sql", "m/2.sql"]},
+]  # fmt: skip
+
+
+def test_history_is_numbered_oldest_first_with_each_updates_own_release_record() -> None:
+    entries = parse_history(HISTORY)
+    attach_releases(entries, RELEASES)
+    assert [(e.number, e.result, e.images["gateway"]) for e in entries] == [
+        (1, "succeeded", "r/haven-gateway:1"),
+        (2, "succeeded", "r/haven-gateway:2"),
+        (3, "failed", "r/haven-gateway:3"),
+    ]
+    assert entries[0].migration["applied"] == ["init.sql"]
+    assert entries[1].migration == {
+        "ledger": ["init.sql", "m/2.sql"],
+        "applied": ["m/2.sql"],
+        "backup_id": "b-2",
+        "ran_at": "2026-01-01T10:01:10Z",
+    }
+    # No migration ran in the third update: no backup of its own, the ledger as it stood.
+    assert entries[2].migration["backup_id"] == ""
+    assert entries[2].migration["ledger"] == ["init.sql", "m/2.sql"]
+    assert entries[0].end - entries[0].start == 30
+
+
+def _event(kind: str, **body: object) -> str:
+    return json.dumps({"sequence": 1, "timestamp": 1, kind: body})
+
+
+SMOKE_URN = f"urn:pulumi:stg::appstack::appstack:platform:DockerApp${SMOKE_TYPE}::stg-haven-smoke"
+CATALOG_URN = "urn:pulumi:stg::appstack::pulumi-python:dynamic/docker:Container::stg-catalog"
+
+
+def test_deploy_reads_the_smoke_outcome_from_engine_events(tmp_path: Path) -> None:
+    log = tmp_path / "events.jsonl"
+    meta = {"type": SMOKE_TYPE, "urn": SMOKE_URN, "op": "update"}
+    log.write_text(
+        "\n".join(
+            [
+                _event("resourcePreEvent", metadata=meta),
+                _event("diagnosticEvent", urn=SMOKE_URN, severity="error", message="search 500"),
+                _event("resOpFailedEvent", metadata=meta, status=1, steps=1),
+            ]
+        )
+    )
+    outcome = read_events(log)
+    assert outcome.smoke_ran and outcome.smoke_failed
+    assert outcome.errors == ("search 500",)
+    # A failure elsewhere whose text merely says "smoke" is not a smoke failure.
+    log.write_text(
+        _event("diagnosticEvent", urn=CATALOG_URN, severity="error", message="smoke SmokeTest")
+    )
+    other = read_events(log)
+    assert not other.smoke_ran and not other.smoke_failed
+    assert other.errors == ("smoke SmokeTest",)

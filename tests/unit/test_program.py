@@ -38,8 +38,15 @@ def _stack(program: Program) -> str:
 
 
 def containers(program: Program) -> dict[str, dict]:
-    """Containers by service name (the suffix of their physical name)."""
-    return {r.inputs["name"].rsplit("-", 1)[-1]: r.inputs for r in program.of_type(CONTAINER)}
+    """The app's containers by service name (the suffix of their physical name).
+
+    The monitoring component's containers are tested on their own (test_monitoring.py).
+    """
+    return {
+        r.inputs["name"].rsplit("-", 1)[-1]: r.inputs
+        for r in program.of_type(CONTAINER)
+        if unwrap(r.inputs["labels"]).get("appstack.component") != "monitoring"
+    }
 
 
 def edge_route(program: Program) -> dict:

@@ -121,6 +121,30 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "appstack:services.gateway.replicas: 2: the Docker platform runs one container per service",
     ),
     (
+        "lock timeout without a unit",
+        {"appstack:migrationLockTimeout": "5"},
+        "appstack:migrationLockTimeout: '5' is not a duration like 500ms, 5s or 2min",
+    ),
+    (
+        "lock timeout in words",
+        {"appstack:migrationLockTimeout": "5 seconds"},
+        "appstack:migrationLockTimeout",
+    ),
+    ("lock timeout zero", {"appstack:migrationLockTimeout": "0s"}, "migrationLockTimeout"),
+    ("public url not http", _public(url="ftp://haven.example.com"), "appstack:public.url"),
+    ("public url without host", _public(url="http://:8080"), "appstack:public.url"),
+    (
+        "public url with a query",
+        _public(url="http://haven.example.com:8080/?x=1"),
+        "appstack:public.url: 'http://haven.example.com:8080/?x=1' must not carry",
+    ),
+    (
+        "remote engine over ssh without a public url",
+        {"appstack:dockerHost": "ssh://deploy@staging.example.com"},
+        "appstack:public.url: is required when the Docker engine is remote "
+        "(dockerHost=ssh://deploy@staging.example.com)",
+    ),
+    (
         "edge replicas 2 on docker",
         {"appstack:services": {"caddy": {"replicas": 2}}},
         "appstack:services.caddy.replicas: 2",
@@ -224,3 +248,122 @@ def test_generated_secrets_are_protected_with_the_volumes() -> None:
     assert not any(
         s.protect for s in run("dev").of_type("pulumi-python:dynamic/ops:GeneratedSecret")
     )
+
+
+ENGRAMIA_CASES: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "rate limit with a unit",
+        {"appstack:engramia": {"rateLimits": {"default": "120/minute"}}},
+        "appstack:engramia.rateLimits.default: must be an integer in [1, 1000000], "
+        "got '120/minute'",
+    ),
+    (
+        "rate limit not a number",
+        {"appstack:engramia": {"rateLimits": {"perKey": "lots"}}},
+        "appstack:engramia.rateLimits.perKey",
+    ),
+    (
+        "rate limit fractional",
+        {"appstack:engramia": {"rateLimits": {"expensive": 2.5}}},
+        "appstack:engramia.rateLimits.expensive",
+    ),
+    (
+        "rate limit zero",
+        {"appstack:engramia": {"rateLimits": {"default": 0}}},
+        "appstack:engramia.rateLimits.default: 0 is out of range",
+    ),
+    (
+        "unknown rate limit",
+        {"appstack:engramia": {"rateLimits": {"burst": 5}}},
+        "appstack:engramia.rateLimits: unknown fields ['burst']",
+    ),
+    (
+        "auth mode that Engramia does not have",
+        {"appstack:engramia": {"authMode": "api_key"}},
+        "appstack:engramia.authMode: 'api_key' is not one of env, db",
+    ),
+    (
+        "auth mode auto",
+        {"appstack:engramia": {"authMode": "auto"}},
+        "appstack:engramia.authMode: 'auto'",
+    ),
+    (
+        "unknown engramia field",
+        {"appstack:engramia": {"authmode": "env"}},
+        "appstack:engramia: unknown fields ['authmode']",
+    ),
+    ("engramia not an object", {"appstack:engramia": "env"}, "appstack:engramia"),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "overrides", "expected"), ENGRAMIA_CASES, ids=[c[0] for c in ENGRAMIA_CASES]
+)
+def test_bad_engramia_config_names_the_key_and_creates_nothing(
+    label: str, overrides: dict[str, Any], expected: str
+) -> None:
+    attempt = Program()
+    with pytest.raises(ConfigError) as err:
+        run("engramia-dev", overrides=overrides, into=attempt)
+    assert expected in str(err.value), f"{label}: {err.value}"
+    assert attempt.resources == [], f"{label}: registered {[r.name for r in attempt.resources]}"
+
+
+def test_engramia_settings_on_a_haven_stack_are_an_error() -> None:
+    with pytest.raises(ConfigError) as err:
+        run("dev", overrides={"appstack:engramia": {"authMode": "env"}})
+    assert "appstack:engramia: is set but appstack:app is 'haven'" in str(err.value)
+
+
+def test_the_engramia_checks_above_can_pass() -> None:
+    """Integers given as YAML numbers or as strings (``pulumi config set --path``) both work."""
+    program = run(
+        "engramia-dev",
+        overrides={"appstack:engramia": {"authMode": "db", "rateLimits": {"default": "600"}}},
+    )
+    assert program.named("engramia-dev-engramia-api")
+
+
+def test_docker_host_from_the_environment_needs_a_public_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.5:2376")
+    attempt = Program()
+    with pytest.raises(ConfigError) as err:
+        run("dev", into=attempt)
+    assert "appstack:public.url: is required when the Docker engine is remote" in str(err.value)
+    assert "DOCKER_HOST=tcp://10.0.0.5:2376" in str(err.value)
+    assert attempt.resources == []
+    monkeypatch.setenv("DOCKER_HOST", "unix:///run/appstack-docker.sock")
+    assert len(run("dev").resources) > 20  # a local socket needs none
+
+
+def test_public_url_is_what_the_smoke_test_probes_and_publicurl_shows() -> None:
+    url = "http://staging.example.com:8080/"
+    program = run(
+        "dev",
+        overrides={
+            "appstack:dockerHost": "ssh://deploy@staging.example.com",
+            **_public(url=url),
+        },
+    )
+    assert program.named("dev-haven-smoke").inputs["base_url"] == url.rstrip("/")
+    assert program.outputs["publicUrl"] == url.rstrip("/")
+    assert run("dev").outputs["publicUrl"] == "http://127.0.0.1:18080"  # without it, unchanged
+
+
+def test_migration_lock_timeout_reaches_the_migration() -> None:
+    def lock_timeout(program: Program) -> Any:
+        return program.named("dev-haven-migration").inputs["lock_timeout"]
+
+    assert lock_timeout(run("dev")) == "5s"
+    changed = run("dev", overrides={"appstack:migrationLockTimeout": "750ms"})
+    assert lock_timeout(changed) == "750ms"
+    target = changed.named("dev-haven-migration").inputs["target"]
+    assert target["stack"] == "dev", "task containers are labelled with the stack"
+
+
+def test_dev_outputs_the_auth_token_as_a_secret() -> None:
+    program = run("dev")
+    assert "authToken" in program.secret_outputs
+    assert "hostAgentSecret" in program.secret_outputs
