@@ -274,6 +274,54 @@ class Settings:
         return self.overrides[service].replicas
 
 
+# Every top-level `appstack:` key the settings read (secrets are listed per app above). A key in
+# config that is none of these is a typo or a leftover, refused by name before anything is
+# deployed (`tests/unit/test_settings.py` checks this table against what the code reads).
+CONFIG_KEYS = (
+    "environment", "app", "platform", "images", "public", "services", "ollama", "worker",
+    "qdrantCollection", "minioBucket", "generateSecrets", "protectVolumes", "keepBackups",
+    "maintenance", "migrationBaseline", "migrationLockTimeout", "deployTimeout", "dockerHost",
+    "kubernetes", "engramia", "monitoring",
+)  # fmt: skip
+
+
+class TrackedConfig(pulumi.Config):
+    """A ``pulumi.Config`` that remembers which top-level keys were read."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.read: set[str] = set()
+
+    def _get(self, key: str, use: Any = None, instead_of: Any = None) -> str | None:
+        self.read.add(key.split(".", 1)[0])
+        return super()._get(key, use, instead_of)
+
+
+def known_keys() -> set[str]:
+    """Every top-level key of the `appstack:` namespace, secrets of every app included."""
+    secrets = {k for keys in (*APP_SECRETS.values(), *APP_OPTIONAL_SECRETS.values()) for k in keys}
+    return set(CONFIG_KEYS) | secrets
+
+
+def configured_keys() -> set[str]:
+    """The top-level `appstack:` keys the stack's configuration sets."""
+    from pulumi.runtime.config import CONFIG, get_config_env
+
+    every = {**get_config_env(), **CONFIG.get()}
+    prefix = f"{NS}:"
+    return {k[len(prefix) :].split(".", 1)[0] for k in every if k.startswith(prefix)}
+
+
+def _check_unknown_keys(r: _Reader) -> None:
+    import difflib
+
+    known = known_keys()
+    for key in sorted(configured_keys() - known):
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {NS}:{close[0]}?" if close else f"known: {', '.join(sorted(known))}"
+        r.fail(key, f"unknown key ({hint})")
+
+
 class _Reader:
     """Reads raw config values and collects every error before raising once."""
 
@@ -808,7 +856,8 @@ def load(
     """Read and validate the stack's settings; raise one ``ConfigError`` naming every bad key."""
     stack = stack or pulumi.get_stack()
     project = project or pulumi.get_project()
-    r = _Reader(config or pulumi.Config(NS))
+    r = _Reader(config or TrackedConfig(NS))
+    _check_unknown_keys(r)
 
     environment = r.str_("environment", stack if stack in ENVIRONMENT_DEFAULTS else None)
     if environment not in ENVIRONMENT_DEFAULTS:

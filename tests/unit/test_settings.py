@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -148,6 +149,16 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "edge replicas 2 on docker",
         {"appstack:services": {"caddy": {"replicas": 2}}},
         "appstack:services.caddy.replicas: 2",
+    ),
+    (
+        "typo of a known key",
+        {"appstack:maintainance": "true"},
+        "appstack:maintainance: unknown key (did you mean appstack:maintenance?)",
+    ),
+    (
+        "a key nothing reads",
+        {"appstack:gatewayImage": "appstack.local/haven-gateway:0.2.0"},
+        "appstack:gatewayImage: unknown key",
     ),
 ]
 
@@ -367,3 +378,35 @@ def test_dev_outputs_the_auth_token_as_a_secret() -> None:
     program = run("dev")
     assert "authToken" in program.secret_outputs
     assert "hostAgentSecret" in program.secret_outputs
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod", "engramia-dev", "engramia-prod"])
+def test_the_key_table_covers_every_key_the_settings_read(stack: str) -> None:
+    import json
+
+    import pulumi
+
+    from components import settings
+
+    config = stack_config(stack)
+    secrets = {f"appstack:{k}": v for k, v in SECRET_VALUES.items()}
+    flat = {k: v if isinstance(v, str) else json.dumps(v) for k, v in {**config, **secrets}.items()}
+    pulumi.runtime.set_all_config(flat, list(secrets))
+    tracked = settings.TrackedConfig("appstack")
+    # An Engramia stack lacks its own secrets here: what matters is what was read.
+    with contextlib.suppress(ConfigError):
+        settings.load(config=tracked, stack=stack, project="appstack")
+    assert {"environment", "images", "public"} <= tracked.read
+    assert tracked.read <= settings.known_keys(), tracked.read - settings.known_keys()
+
+
+def test_every_config_key_is_in_the_readme_reference() -> None:
+    from components.settings import CONFIG_KEYS
+    from tests.unit.harness import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    reference = readme[readme.index("## Configuration reference") :]
+    missing = [
+        k for k in CONFIG_KEYS if f"| `{k}`" not in reference and f"| `{k}." not in reference
+    ]
+    assert missing == [], f"keys missing from the README's configuration reference: {missing}"
