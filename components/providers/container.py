@@ -183,18 +183,23 @@ def _bound_ports(container: Any) -> set[tuple[str, int]]:
     }
 
 
-def predecessors(docker_client: Any, props: Mapping[str, Any], new_name: str) -> list[Any]:
-    """Running releases of this service but ``new_name`` (by label, or the pre-label name)."""
+def _others_running(docker_client: Any, props: Mapping[str, Any], new_name: str) -> list[Any]:
+    """Running containers of this container's stack, but ``new_name``."""
     stack = labels_of(props).get(STACK_LABEL)
     if not stack:
         return []
-    found = []
     filters = {"label": f"{STACK_LABEL}={stack}", "status": "running"}
-    for other in docker_client.containers.list(filters=filters):
-        same = other.labels.get(NAME_LABEL) == props["name"] or other.name == props["name"]
-        if same and other.name != new_name:
-            found.append(other)
-    return found
+    return [c for c in docker_client.containers.list(filters=filters) if c.name != new_name]
+
+
+def _same_service(other: Any, props: Mapping[str, Any]) -> bool:
+    """A release of this service: by label, or by the name stacks deployed before had."""
+    return bool(other.labels.get(NAME_LABEL) == props["name"] or other.name == props["name"])
+
+
+def predecessors(docker_client: Any, props: Mapping[str, Any], new_name: str) -> list[Any]:
+    """Running releases of this service but ``new_name``."""
+    return [c for c in _others_running(docker_client, props, new_name) if _same_service(c, props)]
 
 
 def _in_the_way(docker_client: Any, props: Mapping[str, Any], new_name: str) -> list[Any]:
@@ -203,20 +208,13 @@ def _in_the_way(docker_client: Any, props: Mapping[str, Any], new_name: str) -> 
     Its predecessors when the rollout is stop-first, and whatever holds a host port it publishes
     (the old gateway when the edge first takes over the public port).
     """
-    stack = labels_of(props).get(STACK_LABEL)
-    if not stack:
-        return []
     wanted = {(str(p["ip"]), int(p["external"])) for p in props.get("ports") or []}
     stop_first = props.get("rollout") == "stop-first"
-    found = []
-    filters = {"label": f"{STACK_LABEL}={stack}", "status": "running"}
-    for other in docker_client.containers.list(filters=filters):
-        if other.name == new_name:
-            continue
-        predecessor = other.labels.get(NAME_LABEL) == props["name"] or other.name == props["name"]
-        if (stop_first and predecessor) or (wanted and _bound_ports(other) & wanted):
-            found.append(other)
-    return found
+    return [
+        other
+        for other in _others_running(docker_client, props, new_name)
+        if (stop_first and _same_service(other, props)) or (wanted and _bound_ports(other) & wanted)
+    ]
 
 
 class ContainerProvider(ResourceProvider):

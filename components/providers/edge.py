@@ -36,7 +36,7 @@ from pulumi.dynamic import (
 )
 
 from components import edge
-from components.providers.engine_base import EngineError, changed, client
+from components.providers.engine_base import EngineError, changed, client, not_found
 from components.providers.runner import log_tail, redact
 
 KEYS = ("docker_host", "container_id", "upstream", "health_path", "health_status", "caddyfile",
@@ -166,9 +166,7 @@ class EdgeRouteProvider(ResourceProvider):
             try:
                 docker_client.containers.get(str(props.get("container_id")))
             except Exception as exc:
-                import docker.errors
-
-                if isinstance(exc, docker.errors.NotFound):
+                if not_found(exc):
                     return ReadResult(id_="", outs={})
                 raise
         return ReadResult(id_=id_, outs=props)
