@@ -86,6 +86,11 @@ APP_OPTIONAL_SECRETS: dict[str, tuple[str, ...]] = {
 ENGRAMIA_AUTH_MODES = ("env", "db")
 ENGRAMIA_RATE_LIMITS = {"default": 60, "expensive": 10, "perKey": 120}
 """Requests per minute (per IP and path; ``expensive``: LLM paths; ``perKey``: per API key)."""
+ENGRAMIA_DEEP_CHECKS = ("storage", "migration", "llm", "embedding", "stripe")
+"""The named checks of ``/v1/health/deep`` (DESIGN.md)."""
+ENGRAMIA_REQUIRED_CHECKS = ("storage", "migration")
+"""Deep checks the smoke test requires ``ok`` by default; the others are tolerated (a normal
+install has no reachable LLM, embedding or Stripe provider, DESIGN.md)."""
 
 _REGISTRY = re.compile(
     r"^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]{1,5})?$"
@@ -175,6 +180,8 @@ class EngramiaSettings:
     rate_limit_default: int = ENGRAMIA_RATE_LIMITS["default"]
     rate_limit_expensive: int = ENGRAMIA_RATE_LIMITS["expensive"]
     rate_limit_per_key: int = ENGRAMIA_RATE_LIMITS["perKey"]
+    required_checks: tuple[str, ...] = ENGRAMIA_REQUIRED_CHECKS
+    """Deep-health checks the smoke test requires ``ok`` (``deepHealth.required``)."""
 
 
 # The monitoring images a stack runs unless `appstack:monitoring.images` names others (built here
@@ -599,11 +606,11 @@ def _parse_worker(r: _Reader) -> WorkerSettings:
 def _parse_engramia(r: _Reader, app: str, default_mode: str) -> EngramiaSettings:
     raw = r.obj("engramia", {}) or {}
     if not isinstance(raw, dict):
-        r.fail("engramia", "must be an object {authMode, rateLimits}")
+        r.fail("engramia", "must be an object {authMode, rateLimits, requiredChecks}")
         raw = {}
     if raw and app != "engramia":
         r.fail("engramia", f"is set but appstack:app is {app!r}")
-    unknown = set(raw) - {"authMode", "rateLimits"}
+    unknown = set(raw) - {"authMode", "rateLimits", "requiredChecks"}
     if unknown:
         r.fail("engramia", f"unknown fields {sorted(unknown)}")
     mode = str(raw.get("authMode", default_mode))
@@ -627,7 +634,19 @@ def _parse_engramia(r: _Reader, app: str, default_mode: str) -> EngramiaSettings
         or default
         for name, default in ENGRAMIA_RATE_LIMITS.items()
     }
-    return EngramiaSettings(mode, value["default"], value["expensive"], value["perKey"])
+    required = raw.get("requiredChecks", list(ENGRAMIA_REQUIRED_CHECKS))
+    if not isinstance(required, list) or not all(isinstance(c, str) for c in required):
+        r.fail("engramia.requiredChecks", f"must be a list of check names, got {required!r}")
+        required = list(ENGRAMIA_REQUIRED_CHECKS)
+    bad = [c for c in required if c not in ENGRAMIA_DEEP_CHECKS]
+    if bad:
+        r.fail(
+            "engramia.requiredChecks",
+            f"{bad} not among deep health's checks {', '.join(ENGRAMIA_DEEP_CHECKS)}",
+        )
+    return EngramiaSettings(
+        mode, value["default"], value["expensive"], value["perKey"], tuple(required)
+    )
 
 
 def _parse_secrets(

@@ -214,6 +214,8 @@ class SmokeCheck:
     bearer: pulumi.Output[str] | None = None
     expect_json: Mapping[str, object] = field(default_factory=dict)
     """Key/value pairs that must appear in the JSON body (a dotted key reaches into objects)."""
+    timeout_s: float | None = None
+    """This check's per-request timeout; None: the spec's (a slow probe gets one of its own)."""
 
 
 @dataclass(frozen=True)

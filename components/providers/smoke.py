@@ -41,6 +41,8 @@ class Check:
     expect_status: int = 200
     expect_json: Mapping[str, Any] = field(default_factory=dict)
     bearer_key: str | None = None
+    timeout_s: float | None = None
+    """Per-request timeout of this check; None: the test's ``timeout_s``."""
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> Check:
@@ -52,6 +54,7 @@ class Check:
             expect_status=int(raw.get("expect_status") or 200),
             expect_json=dict(raw.get("expect_json") or {}),
             bearer_key=raw.get("bearer_key") or None,
+            timeout_s=float(raw["timeout_s"]) if raw.get("timeout_s") else None,
         )
 
 
@@ -163,7 +166,10 @@ def run_checks(
         while True:
             attempts += 1
             for check in pending:
-                budget = max(0.1, min(timeout_s, end - time.monotonic()))
+                # A check's own timeout is granted in full, past the deadline if need be: cutting
+                # a slow probe short at the deadline would report a timeout it never had.
+                own = check.timeout_s or timeout_s
+                budget = own if check.timeout_s else max(0.1, min(own, end - time.monotonic()))
                 results[check.name] = run_check(client, base_url, check, secrets, budget)
             pending = [c for c in pending if not results[c.name].ok]
             remaining = end - time.monotonic()
@@ -215,6 +221,11 @@ def _check_failures(news: Mapping[str, Any]) -> list[CheckFailure]:
         value = news.get(key)
         if isinstance(value, int | float) and value <= 0:
             failures.append(CheckFailure(key, f"{key} must be positive, got {value}"))
+    for raw in raw_checks:
+        own = raw.get("timeout_s") if isinstance(raw, Mapping) else None
+        if isinstance(own, int | float) and own <= 0:
+            reason = f"check {raw.get('name')!r}: timeout_s must be positive, got {own}"
+            failures.append(CheckFailure("checks", reason))
     return failures
 
 
@@ -284,6 +295,7 @@ def smoke_inputs(spec: SmokeSpec) -> tuple[list[dict[str, Any]], dict[str, pulum
                 "expect_status": c.expect_status,
                 "expect_json": dict(c.expect_json),
                 "bearer_key": c.name if c.bearer is not None else None,
+                "timeout_s": c.timeout_s,
             }
         )
     return checks, secrets

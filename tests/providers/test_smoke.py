@@ -147,3 +147,19 @@ def test_check_refuses_unknown_bearer_key_and_duplicate_names() -> None:
     reasons = [f.reason for f in SmokeTestProvider().check({}, _props("http://x", checks)).failures]
     assert any("bearer_key 'missing'" in r for r in reasons)
     assert any("repeat" in r for r in reasons)
+
+
+def test_a_slow_check_gets_its_own_timeout_even_at_the_deadline(base_url: str) -> None:
+    checks = [
+        {"name": "quick", "path": "/ok"},
+        {"name": "deep", "path": "/slow", "timeout_s": 3.0},
+    ]
+    # The test's timeout (0.5 s) and deadline (1 s) are shorter than /slow's 1.5 s answer: only
+    # the check's own timeout lets it pass.
+    outs = SmokeTestProvider().create(_props(base_url, checks, deadline_s=1.0, timeout_s=0.5))
+    assert (outs.outs or {})["passed"] == ["quick", "deep"]
+    assert (outs.outs or {})["latencies"]["deep"] >= 1400
+    with pytest.raises(RuntimeError, match="deep: GET /slow -> timed out after"):
+        SmokeTestProvider().create(
+            _props(base_url, [{"name": "deep", "path": "/slow"}], deadline_s=1.0, timeout_s=0.5)
+        )

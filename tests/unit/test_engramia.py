@@ -126,12 +126,26 @@ def test_migration_is_alembic_in_the_api_image_after_postgres() -> None:
     assert "engramia-dev-engramia-migration" in {program.by_urn(u).name for u in api.dependencies}
 
 
-def test_smoke_requires_storage_ok_not_the_overall_status() -> None:
+def test_smoke_requires_the_named_checks_not_the_overall_status() -> None:
     smoke = run("engramia-dev").named("engramia-dev-engramia-smoke")
     checks = {c["name"]: c for c in smoke.inputs["checks"]}
-    assert checks["deep-health"]["expect_json"] == {"checks.storage.status": "ok"}
+    assert checks["deep-health"]["expect_json"] == {
+        "checks.storage.status": "ok",
+        "checks.migration.status": "ok",
+    }
     assert checks["deep-health"]["bearer_key"]
     assert checks["health-unauthorized"]["expect_status"] == 401
+
+
+def test_required_deep_checks_come_from_config() -> None:
+    program = run("engramia-dev", overrides={"appstack:engramia": {"requiredChecks": ["storage"]}})
+    checks = {c["name"]: c for c in program.named("engramia-dev-engramia-smoke").inputs["checks"]}
+    assert checks["deep-health"]["expect_json"] == {"checks.storage.status": "ok"}
+
+
+def test_an_unknown_required_check_is_refused_naming_the_key() -> None:
+    with pytest.raises(Exception, match=r"appstack:engramia.requiredChecks: \['disk'\] not among"):
+        run("engramia-dev", overrides={"appstack:engramia": {"requiredChecks": ["disk"]}})
 
 
 def test_maintenance_is_the_apps_own_switch() -> None:
@@ -258,7 +272,9 @@ def test_smoke_checks_the_deployed_version_with_deep_healths_timeout() -> None:
     checks = {c["name"]: c for c in smoke.inputs["checks"]}
     assert checks["version"]["expect_json"] == {"app_version": "0.6.1"}
     assert not checks["version"].get("bearer_key"), "no key: /v1/version is public"
-    assert smoke.inputs["timeout_s"] == DEEP_HEALTH_TIMEOUT_S >= 15
+    # Deep health has a timeout of its own; the shallow checks keep the short default.
+    assert checks["deep-health"]["timeout_s"] == DEEP_HEALTH_TIMEOUT_S >= 15
+    assert checks["version"].get("timeout_s") is None and smoke.inputs["timeout_s"] == 5
     assert smoke.is_secret("secrets")
 
 
