@@ -16,5 +16,5 @@ pulumi.export("publicUrl", platform.public_url)
 pulumi.export("images", platform.images)
 pulumi.export("networks", platform.networks)
 pulumi.export("edgeCaCertificate", platform.edge_ca)
-for key, value in app.outputs.items():
+for key, value in {**app.outputs, **platform.secret_outputs}.items():
     pulumi.export(key, pulumi.Output.secret(value))

@@ -36,6 +36,22 @@ HEALTH = ("wget", "-q", "-O", "/dev/null", f"http://{ADMIN}/config/")
 # that one (the only one Kubernetes' restricted profile allows adding).
 CAPABILITIES = ("NET_BIND_SERVICE",)
 RETRY_AFTER_S = 3600
+WINDOW_FILE = "/data/appstack/window"
+"""The runbook's maintenance window (Docker): while this file exists on the edge's volume, every
+path but the spec's ``window_pass`` answers 503 with ``Retry-After``, except to requests carrying
+the window token (the smoke test's). Caddy tests the file on each request: the migration opens the
+window by creating it, the smoke test closes it by removing it, no reload either way; and it
+survives a replacement of the edge container, since the volume does."""
+WINDOW_HEADER = "X-Appstack-Window"
+
+
+def window_token(secret: str) -> str:
+    """The header value that passes the window: derived from a stack secret, never stored apart."""
+    import hashlib
+
+    return hashlib.sha256(f"appstack-window\0{secret}".encode()).hexdigest()[:40]
+
+
 # A request whose upstream refuses the connection is retried this long before it fails: covers the
 # instant an old release stops while a client's request is in the air.
 TRY_DURATION = "5s"
@@ -83,22 +99,37 @@ def _proxy(upstream: str) -> list[str]:
     ]
 
 
-def _body(edge: EdgeSpec, upstream: str) -> list[str]:
+def _unavailable(indent: str) -> list[str]:
+    return [
+        f"{indent}header Retry-After {RETRY_AFTER_S}",
+        f"{indent}header Content-Type application/json",
+        f'{indent}respond `{{"status":"maintenance"}}` 503',
+    ]
+
+
+def _window(edge: EdgeSpec, token: str) -> list[str]:
+    """503 for every path but ``window_pass`` while the window file exists (token excepted)."""
+    root, name = WINDOW_FILE.rsplit("/", 1)
+    lines = ["\t@window {", "\t\tfile {", f"\t\t\troot {root}", f"\t\t\ttry_files /{name}",
+             "\t\t}"]  # fmt: skip
+    if edge.window_pass:
+        lines.append(f"\t\tnot path {' '.join(edge.window_pass)}")
+    lines += [f"\t\tnot header {WINDOW_HEADER} {token}", "\t}", "\thandle @window {"]
+    return [*lines, *_unavailable("\t\t"), "\t}"]
+
+
+def _body(edge: EdgeSpec, upstream: str, window_token: str | None = None) -> list[str]:
     lines = ["\tlog {", "\t\toutput stdout", "\t\tformat json", "\t}"]
+    if window_token:
+        lines += _window(edge, window_token)
     if not edge.maintenance:
-        return lines + _proxy(upstream)
+        if not window_token:
+            return lines + _proxy(upstream)
+        return [*lines, "\thandle {", *["\t" + line for line in _proxy(upstream)], "\t}"]
     paths = " ".join(edge.pass_through)
     lines += [f"\t@pass path {paths}", "\thandle @pass {"]
     lines += ["\t" + line for line in _proxy(upstream)]
-    lines += [
-        "\t}",
-        "\thandle {",
-        f"\t\theader Retry-After {RETRY_AFTER_S}",
-        "\t\theader Content-Type application/json",
-        '\t\trespond `{"status":"maintenance"}` 503',
-        "\t}",
-    ]
-    return lines
+    return [*lines, "\t}", "\thandle {", *_unavailable("\t\t"), "\t}"]
 
 
 def _tls_directive(edge: EdgeSpec) -> list[str]:
@@ -115,21 +146,29 @@ def caddyfile(
     serve_tls: bool = True,
     redirect_port: int | None = None,
     metrics: bool = False,
+    window_token: str | None = None,
 ) -> str:
     """The whole Caddyfile: global options, then the site that fronts ``upstream`` (host:port).
 
     ``serve_tls`` false renders plain HTTP whatever the spec says (TLS ends at an Ingress).
     ``redirect_port`` is the public HTTPS port the plain-HTTP listener redirects to, if any.
     ``metrics`` adds request metrics and their listener on ``METRICS_PORT`` (monitoring).
+    ``window_token`` renders the maintenance window of ``WINDOW_FILE`` (Docker; the spec's
+    ``window`` apps), which requests carrying the token pass.
     """
     tls = serve_tls and edge.tls is not TlsMode.OFF
     lines = _global(edge, tls, metrics)
     if metrics:
         lines += [f"http://:{METRICS_PORT} {{", "\tmetrics", "}"]
     if not tls:
-        lines += [f"http://:{HTTP_PORT} {{", *_body(edge, upstream), "}"]
+        lines += [f"http://:{HTTP_PORT} {{", *_body(edge, upstream, window_token), "}"]
         return "\n".join(lines) + "\n"
-    lines += [f"https://{edge.host} {{", *_tls_directive(edge), *_body(edge, upstream), "}"]
+    lines += [
+        f"https://{edge.host} {{",
+        *_tls_directive(edge),
+        *_body(edge, upstream, window_token),
+        "}",
+    ]
     if redirect_port is not None:
         target = f"https://{edge.host}:{redirect_port}{{uri}}"
         lines += [f"http://:{HTTP_PORT} {{", f"\tredir {target} 308", "}"]

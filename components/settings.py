@@ -539,6 +539,7 @@ def _check_platform_limits(r: _Reader, settings: Settings) -> None:
             if key not in settings.secrets:
                 r.fail(key, "is required with public.tls certificate (PEM, set with --secret)")
     if settings.platform != "docker":
+        _check_prod_replicas(r, settings)
         return
     for name, override in settings.overrides.items():
         if override.replicas > 1:
@@ -546,6 +547,23 @@ def _check_platform_limits(r: _Reader, settings: Settings) -> None:
                 f"services.{name}.replicas",
                 f"{override.replicas}: the Docker platform runs one container per service "
                 "(its releases overlap instead); use the kubernetes platform to scale out",
+            )
+
+
+PROD_MIN_REPLICAS = {"engramia": {"api": 2}}
+"""Replicas a prod stack on Kubernetes must keep (Engramia's runbook: the API >= 2, DESIGN.md)."""
+
+
+def _check_prod_replicas(r: _Reader, settings: Settings) -> None:
+    if settings.environment != "prod":
+        return
+    for name, least in PROD_MIN_REPLICAS.get(settings.app, {}).items():
+        have = settings.replicas(name)
+        if have < least:
+            r.fail(
+                f"services.{name}.replicas",
+                f"{have}: prod keeps at least {least} replicas of {settings.app}'s {name} "
+                "(a rolling update or a node loss would leave none serving)",
             )
 
 

@@ -125,6 +125,11 @@ class EdgeSpec:
     maintenance: bool = False
     """Answer 503 with ``Retry-After`` at the edge for every path but ``pass_through``."""
     pass_through: tuple[str, ...] = ()
+    window: bool = False
+    """The runbook's maintenance window around a migration with pending work (Docker, the
+    migration opens it, the smoke test closes it: ``components/edge.py``)."""
+    window_pass: tuple[str, ...] = ()
+    """Paths served during the window (Engramia: its two health paths, as its own switch)."""
     tls: TlsMode = TlsMode.OFF
     host: str = "localhost"
     acme_email: str | None = None
@@ -180,6 +185,14 @@ class MigrationSpec:
     keep_backups: int = 5
     lock_timeout: str = "5s"
     """PostgreSQL ``lock_timeout`` of migration statements (``appstack:migrationLockTimeout``)."""
+    heads_command: tuple[str, ...] = ()
+    """``command`` mode: prints the image's head revision(s) as ``<rev> (head)`` lines
+    (``alembic heads``); with it, a database already at a head has nothing pending: no backup, no
+    window, the migration command does not run."""
+    downgrade_command: tuple[str, ...] = ()
+    """``command`` mode: downgrades to the revision appended as its last argument (``alembic
+    downgrade``), run by ``appstack rollback`` with the current image (an older one does not know
+    the newer revisions)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("sql-dir", "command"):
@@ -204,6 +217,24 @@ class InitTask:
 
 
 @dataclass(frozen=True)
+class BootstrapSpec:
+    """A first-deploy call that issues the app's owner credential (Engramia's db auth mode).
+
+    ``service``'s image serves ``POST path`` with ``{body_key: token}`` when ``token_env`` holds
+    the token, and answers 201 with the key under ``result_key`` (409 once done). The key becomes
+    the secret stack output ``output``; the long-running service never gets the token.
+    """
+
+    service: str
+    path: str
+    token: pulumi.Output[str]
+    token_env: str
+    body_key: str
+    result_key: str
+    output: str
+
+
+@dataclass(frozen=True)
 class SmokeCheck:
     """One HTTP check against the public entry point."""
 
@@ -216,6 +247,8 @@ class SmokeCheck:
     """Key/value pairs that must appear in the JSON body (a dotted key reaches into objects)."""
     timeout_s: float | None = None
     """This check's per-request timeout; None: the spec's (a slow probe gets one of its own)."""
+    bearer_from_bootstrap: bool = False
+    """Send the key the app's bootstrap issued, where the platform ran it (else ``bearer``)."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +272,7 @@ class AppSpec:
     init_tasks: tuple[InitTask, ...] = ()
     outputs: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     edge: EdgeSpec | None = None
+    bootstrap: BootstrapSpec | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.services]

@@ -61,13 +61,15 @@ def edge(
     upstream: ServiceSpec,
     health: tuple[str, int],
     maintenance_pass: tuple[str, ...] | None = None,
+    window_pass: tuple[str, ...] | None = None,
 ) -> tuple[EdgeSpec, PublicEntry]:
     """The edge (Caddy, ``images.caddy``) in front of ``upstream``, and where it is published.
 
     ``health`` is the upstream's path and the status it answers an anonymous probe; the edge
     switches to a new release only once it does. ``maintenance_pass``, for an app without a
     maintenance switch of its own, makes the edge answer 503 for every other path while
-    ``appstack:maintenance`` is on.
+    ``appstack:maintenance`` is on. ``window_pass`` turns on the runbook's maintenance window
+    around migrations with pending work, serving only those paths meanwhile.
     """
     public = settings.public
     tls = TlsMode(public.tls)
@@ -79,6 +81,8 @@ def edge(
         health_status=health[1],
         maintenance=settings.maintenance and maintenance_pass is not None,
         pass_through=maintenance_pass or (),
+        window=window_pass is not None,
+        window_pass=window_pass or (),
         tls=tls,
         host=public.host or "localhost",
         acme_email=public.acme_email,

@@ -18,6 +18,7 @@ from components.apps.common import sized
 from components.settings import Settings
 from components.spec import (
     AppSpec,
+    BootstrapSpec,
     DatabaseRef,
     Exposure,
     HealthCheck,
@@ -47,6 +48,8 @@ API_PROBE = (
     "    sys.exit(0 if e.code in (401, 429) else f'{sys.argv[1]} answered {e.code}')\n"
     "sys.exit(f'{sys.argv[1]} answered without auth')"
 )
+MAINTENANCE_EXEMPT = ("/v1/health", "/v1/health/deep")
+"""The paths Engramia serves in maintenance (DESIGN.md); the edge's window spares them too."""
 HEALTH_URL = f"http://127.0.0.1:{API_PORT}/v1/health"
 DEEP_HEALTH_TIMEOUT_S = 20.0
 """Deep health's own request timeout: it runs Engramia's LLM and embedding probes for real, and
@@ -79,15 +82,15 @@ def _smoke(settings: Settings, api_key: pulumi.Output[str]) -> SmokeSpec:
         bearer=api_key,
         expect_json={f"checks.{c}.status": "ok" for c in settings.engramia.required_checks},
         timeout_s=DEEP_HEALTH_TIMEOUT_S,
+        # db mode: the owner key appstack's bootstrap issued (env keys are not accepted then).
+        bearer_from_bootstrap=settings.engramia.auth_mode == "db",
     )
     if settings.maintenance:
         return SmokeSpec(checks=(deep, SmokeCheck("maintenance", "/v1/version", 503)))
     tag = settings.images["api"].tag  # None when pinned by digest: the digest is the identity
     expect = {"app_version": tag} if tag else {}
     version = SmokeCheck("version", "/v1/version", 200, expect_json=expect)
-    return SmokeSpec(
-        checks=(version, deep, SmokeCheck("health-unauthorized", "/v1/health", 401))
-    )
+    return SmokeSpec(checks=(version, deep, SmokeCheck("health-unauthorized", "/v1/health", 401)))
 
 
 def _api_env(settings: Settings) -> dict[str, pulumi.Input[str]]:
@@ -121,9 +124,20 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         "ENGRAMIA_API_KEYS": secrets["apiKeys"],
         "ENGRAMIA_METRICS_TOKEN": secrets["metricsToken"],
     }
+    bootstrap = None
     if settings.engramia.auth_mode == "db":
-        # Only db mode has a bootstrap endpoint: in env mode the token would be a needless secret.
+        # Only db mode has a bootstrap endpoint. Where the platform runs the bootstrap itself
+        # (Docker) the API never gets the token; elsewhere it keeps it for the operator's call.
         api_secrets["ENGRAMIA_BOOTSTRAP_TOKEN"] = secrets["bootstrapToken"]
+        bootstrap = BootstrapSpec(
+            service="api",
+            path="/v1/keys/bootstrap",
+            token=secrets["bootstrapToken"],
+            token_env="ENGRAMIA_BOOTSTRAP_TOKEN",  # noqa: S106 (a variable name)
+            body_key="bootstrap_token",
+            result_key="key",
+            output="engramiaOwnerKey",
+        )
     for key, env in OPTIONAL_ENV.items():
         if key in secrets:
             api_secrets[env] = secrets[key]
@@ -153,12 +167,17 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         source_image=image["api"],
         database=DatabaseRef("postgres", DB_NAME, DB_USER, db_password, image=image["postgres"]),
         command=("alembic", "upgrade", "head"),
+        heads_command=("alembic", "heads"),
+        downgrade_command=("alembic", "downgrade"),
         secret_env={"ENGRAMIA_DATABASE_URL": database_url},
         keep_backups=settings.keep_backups,
     )
     # Engramia has its own maintenance switch: the edge only proxies. `/v1/health` answers an
-    # anonymous probe 401 in and out of maintenance, which proves the process serves.
-    edge, entry = common.edge(settings, secrets, api, ("/v1/health", 401))
+    # anonymous probe 401 in and out of maintenance, which proves the process serves. The
+    # runbook's window around a migration is the edge's, with the app's own two exempt paths.
+    edge, entry = common.edge(
+        settings, secrets, api, ("/v1/health", 401), window_pass=MAINTENANCE_EXEMPT
+    )
     return AppSpec(
         name="engramia",
         services=(postgres, api),
@@ -166,4 +185,5 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         edge=edge,
         migration=migration,
         smoke=_smoke(settings, _first_key(secrets["apiKeys"])),
+        bootstrap=bootstrap,
     )

@@ -35,6 +35,7 @@ from components.ops.stack import (
     resources,
     stale_locks,
 )
+from components.providers.postgres import pg_env
 
 APPS_WITH_CHUNKS = ("haven",)
 RESET_CHUNKS = "UPDATE chunks SET embedding_status='pending' WHERE embedding_status='processing'"
@@ -93,6 +94,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if mig:
         print(f"migration: {len(mig['ledger'])} files in ledger, last applied {mig['applied']}")
         print(f"last backup: {mig['backup_id'] or '(none)'}  ran at {mig['ran_at']}")
+        if mig.get("revision"):
+            print(f"schema revision: {mig['revision']}")
     return 0
 
 
@@ -126,7 +129,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         mig = e.migration
         print(
             f"{e.number:>4}  {_when(e.start)}  {e.kind:<8} {e.result:<10} "
-            f"ledger={len(mig.get('ledger', []))} backup={mig.get('backup_id') or '-'}  {images}"
+            f"ledger={len(mig.get('ledger', []))} rev={mig.get('revision') or '-'} "
+            f"backup={mig.get('backup_id') or '-'}  {images}"
         )
     return 0
 
@@ -134,8 +138,12 @@ def cmd_history(args: argparse.Namespace) -> int:
 # -- rollback -----------------------------------------------------------------------------------
 
 
-def _plan(current: dict[str, str], target: Entry, ledger_now: list[str]) -> dict[str, Any]:
+def _plan(
+    current: dict[str, str], target: Entry, ledger_now: list[str], revision_now: str = ""
+) -> dict[str, Any]:
     ledger_then = target.migration.get("ledger", [])
+    revision_then = str(target.migration.get("revision") or "")
+    moved = bool(revision_now and revision_then and revision_now != revision_then)
     return {
         "to": target.number,
         "images": {
@@ -144,6 +152,7 @@ def _plan(current: dict[str, str], target: Entry, ledger_now: list[str]) -> dict
             if current.get(svc) != ref
         },
         "schema_moved": sorted(set(ledger_now) - set(ledger_then)),
+        "revision": {"from": revision_now, "to": revision_then} if moved else None,
     }
 
 
@@ -234,12 +243,97 @@ def _confirm(args: argparse.Namespace, plan: dict[str, Any]) -> None:
         raise OpsError(msg, 3)
 
 
+def _downgrade(stack: Pulumi, args: argparse.Namespace, entries: list[Entry], target: Entry,
+               revision: dict[str, str]) -> None:  # fmt: skip
+    """The runbook's rollback of the data: window, backup, downgrade with the CURRENT image.
+
+    The older image does not know the newer revisions, so the image that applied them takes the
+    schema back; a failing downgrade leaves the window closed and the release running, unless
+    ``--restore-backup`` restores the pre-migration dump instead.
+    """
+    from components.providers.postgres import (
+        Conn,
+        MigrationError,
+        ReleaseRecord,
+        record_release,
+        take_backup,
+    )
+    from components.providers.runner import Task, TaskError
+    from components.providers.window import close_window, open_window
+
+    runner, db_target, password, _quiescent, _app = _db_access(stack)
+    res = resources(stack.export(secrets=True), MIGRATION_TYPE)[0]
+    inputs = res["inputs"]
+    window = inputs.get("window") or None
+    host = db_target.docker_host or None
+    if window:
+        say(f"maintenance window open: {open_window(host, window) or 'no edge running'}")
+    try:
+        fresh = take_backup(runner, db_target, password, "pre-rollback", keep=_keep(stack))
+        say(f"backup {fresh}; downgrading {revision['from']} -> {revision['to']} with the "
+            f"current image {inputs.get('release') or inputs['source_image']}")  # fmt: skip
+        env = {**pg_env(db_target, password), **_plain_map(inputs.get("env")),
+               **_plain_map(inputs.get("secret_env"))}  # fmt: skip
+        command = [*inputs["downgrade_command"], revision["to"]]
+        task = Task(name="downgrade", image=str(inputs["source_image"]), command=command,
+                    env=env, network=db_target.network or None,
+                    secret_keys=("PGPASSWORD", *_plain_map(inputs.get("secret_env"))))  # fmt: skip
+        runner.run(task)
+    except (TaskError, MigrationError) as exc:
+        if not args.restore_backup:
+            if window:
+                close_window(host, window)
+            msg = (
+                f"downgrade to {revision['to']} failed; the running release serves on (window "
+                f"closed). --restore-backup restores the pre-migration dump instead:\n{exc}"
+            )
+            raise OpsError(msg) from None
+        say(f"downgrade failed ({exc}); restoring the pre-migration backup instead")
+        backup_id = _restore_point(entries, target)
+        _restore(stack, backup_id)
+        return
+    record = ReleaseRecord(
+        ran_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        release=f"rollback-to-{target.number}",
+        source_image="",
+        backup_id=fresh,
+        applied=(),
+        ledger=(),
+        revision=revision["to"],
+    )
+    record_release(runner, Conn(db_target, password), record)
+    say(f"database at revision {revision['to']}; the rest of the runbook is `pulumi up`")
+
+
+def _plain_map(value: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (plaintext(value) or {}).items()}
+
+
+def _keep(stack: Pulumi) -> int:
+    """Backups the stack keeps (``keep_backups`` of its Migration), at least 5."""
+    found = resources(stack.export(), MIGRATION_TYPE)
+    keep = (found[0].get("inputs") or {}).get("keep_backups") if found else None
+    return max(5, int(keep or 5))
+
+
 def rollback(args: argparse.Namespace, stack: Pulumi, entries: list[Entry], target: Entry) -> int:
-    """Set entry N's images, restore data if the schema moved (when allowed), `pulumi up`."""
+    """Set entry N's images, take the data back if the schema moved (when allowed), `pulumi up`.
+
+    A revision-tracked schema (alembic) moves back by a downgrade; a ledger (sql-dir) by
+    restoring the backup taken before the first migration after the target, if asked.
+    """
     current = image_refs(stack.config())
-    ledger_now = migration_state(stack.export()).get("ledger", [])
-    plan = _plan(current, target, ledger_now)
+    now = migration_state(stack.export())
+    plan = _plan(current, target, now.get("ledger", []), now.get("revision", ""))
     print(json.dumps(plan, indent=2) if args.json else _describe(plan))
+    if plan["revision"]:
+        _confirm(args, plan)
+        _downgrade(stack, args, entries, target, plan["revision"])
+        _set_images(stack, target)
+        say("pulumi up (smoke tests run as its last step; they close the maintenance window)")
+        stack.run("up", "--yes", "--skip-preview", stream=not args.json)
+        say(f"rolled back to entry {target.number}")
+        return 0
     if plan["schema_moved"] and not args.restore_backup:
         msg = (
             f"the schema moved since entry {target.number} ({', '.join(plan['schema_moved'])}); "
@@ -268,6 +362,9 @@ def _describe(plan: dict[str, Any]) -> str:
         lines.append("  images: unchanged")
     if plan["schema_moved"]:
         lines.append(f"  schema: newer than the target (applied since: {plan['schema_moved']})")
+    elif plan.get("revision"):
+        rev = plan["revision"]
+        lines.append(f"  schema: revision {rev['from']} -> {rev['to']} (downgrade, backup first)")
     else:
         lines.append("  schema: same as the target")
     return "\n".join(lines)

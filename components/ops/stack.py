@@ -130,6 +130,7 @@ def migration_state(deployment: Mapping[str, Any]) -> dict[str, Any]:
         "applied": list(out.get("applied") or []),
         "backup_id": out.get("backup_id") or "",
         "ran_at": out.get("ran_at") or "",
+        "revision": out.get("revision_after") or "",
     }
 
 
@@ -236,6 +237,7 @@ def attach_releases(entries: Sequence[Entry], releases: Sequence[Mapping[str, An
             "applied": [name for r in own for name in r.get("applied") or []],
             "backup_id": str(last.get("backup_id") or "") if last else "",
             "ran_at": str(last.get("ran_at") or "") if last else "",
+            "revision": str((before[-1] if before else {}).get("revision") or ""),
         }
 
 

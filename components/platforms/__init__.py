@@ -28,6 +28,8 @@ class Platform(Protocol):
     networks: pulumi.Output[Mapping[str, str]]
     edge_ca: pulumi.Output[str]
     """The root certificate clients trust when the edge runs its own CA (else empty)."""
+    secret_outputs: dict[str, pulumi.Output[str]]
+    """Secrets the platform produced (Docker: the owner key its bootstrap issued)."""
 
 
 def rollout_order(app: AppSpec) -> list[ServiceSpec]:

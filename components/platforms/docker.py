@@ -11,6 +11,7 @@ the new public release, then the smoke test. No release deletes its predecessor 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from components import edge
 from components.monitoring import Monitoring, MonitoringArgs
 from components.platforms import PlatformArgs, rollout_order
 from components.providers import engine
+from components.providers.bootstrap import Bootstrap, BootstrapArgs
 from components.providers.edge import EdgeRoute, EdgeRouteArgs
 from components.providers.migration import Migration, migration_args
 from components.providers.runner import Target
@@ -37,6 +39,12 @@ def health_test(check: HealthCheck) -> list[str]:
     if check.http_path:
         return ["CMD", "python3", "-c", HTTP_PROBE, check.http_path]
     return ["CMD", *check.command]
+
+
+def _prefer(first: pulumi.Output[str], fallback: pulumi.Output[str] | None) -> pulumi.Output[str]:
+    """``first`` unless empty (a bootstrap done outside appstack), then ``fallback``."""
+    both = pulumi.Output.all(first, fallback or "")
+    return pulumi.Output.secret(both.apply(lambda v: str(v[0] or v[1])))
 
 
 def rollout(svc: ServiceSpec) -> str:
@@ -64,6 +72,9 @@ class DockerApp(pulumi.ComponentResource):
     route: EdgeRoute | None
     smoke: SmokeTest | None
     monitoring: Monitoring | None
+    bootstrap: Bootstrap | None
+    secret_outputs: dict[str, pulumi.Output[str]]
+    """Secrets the platform produced (the owner key its bootstrap issued), by output name."""
 
     def __init__(
         self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None
@@ -84,8 +95,13 @@ class DockerApp(pulumi.ComponentResource):
         tasks = self._create_init_tasks()
         self.migration = self._create_migration()
         gate: list[pulumi.Resource] = [self.migration] if self.migration else []
+        self.bootstrap = self._create_bootstrap(gate)
+        self.secret_outputs: dict[str, pulumi.Output[str]] = {}
+        if self.bootstrap and self._app.bootstrap:
+            self.secret_outputs[self._app.bootstrap.output] = self.bootstrap.owner_key
         for svc in (s for s in order if s.role is not Role.DATASTORE):
-            self.containers[svc.name] = self._create_container(svc, gate)
+            own = [self.bootstrap] if self.bootstrap and self._bootstraps(svc) else []
+            self.containers[svc.name] = self._create_container(svc, [*gate, *own])
         self.route = self._create_edge(self._app.edge) if self._app.edge else None
         after = [*self.containers.values(), *tasks, *([self.route] if self.route else [])]
         self.smoke = self._create_smoke(after)
@@ -105,6 +121,39 @@ class DockerApp(pulumi.ComponentResource):
                 "networks": self.networks,
                 "edge_ca": self.edge_ca,
             }
+        )
+
+    def _bootstraps(self, svc: ServiceSpec) -> bool:
+        return bool(self._app.bootstrap and self._app.bootstrap.service == svc.name)
+
+    def _create_bootstrap(self, gate: Sequence[pulumi.Resource]) -> Bootstrap | None:
+        """The owner credential, issued once by a throwaway container of the service's image."""
+        spec = self._app.bootstrap
+        if spec is None:
+            return None
+        svc = next(s for s in self._app.services if s.name == spec.service)
+        env = {k: v for k, v in {**svc.env, **svc.secret_env}.items() if k != spec.token_env}
+        return Bootstrap(
+            f"{self._name}-bootstrap",
+            BootstrapArgs(
+                image=self._images[svc.name].image_id,
+                env=env,
+                token=spec.token,
+                token_env=spec.token_env,
+                path=spec.path,
+                body_key=spec.body_key,
+                result_key=spec.result_key,
+                port=svc.port or 0,
+                network=self.internal.name,
+                name_prefix=self._prefix,
+                labels=self._labels(),
+                user=svc.user,
+                read_only=svc.read_only_root,
+                tmpfs=list(svc.tmpfs),
+                docker_host=self._host,
+                timeout_s=self._settings.deploy_timeout_s,
+            ),
+            opts=self._opts(depends_on=[*gate, *(self.containers[d] for d in svc.depends_on)]),
         )
 
     def _opts(self, **kwargs: Any) -> pulumi.ResourceOptions:
@@ -204,12 +253,15 @@ class DockerApp(pulumi.ComponentResource):
         extra_hosts = {}
         if svc.needs_egress and self._settings.ollama.network is None:
             extra_hosts["host.docker.internal"] = "host-gateway"
+        env = {**svc.env, **svc.secret_env}
+        if self._bootstraps(svc) and self._app.bootstrap:
+            env.pop(self._app.bootstrap.token_env, None)  # the bootstrap ran it: runbook step
         props: dict[str, Any] = {
             "name": f"{self._prefix}-{svc.name}",
             "image": svc.image,
             "image_id": self._images[svc.name].image_id,
             "command": list(svc.command),
-            "env": {**svc.env, **svc.secret_env},
+            "env": env,
             "user": svc.user,
             "networks": self._networks_for(svc),
             "ports": [],
@@ -296,9 +348,14 @@ class DockerApp(pulumi.ComponentResource):
         target = pulumi.Output.concat(upstream.container_name, ":", str(spec.upstream_port))
         redirect = self._settings.public.tls_port if listen.http and listen.https else None
         metrics = self._settings.monitoring.enabled  # Prometheus scrapes the edge's listener
-        caddyfile = target.apply(
-            lambda t: edge.caddyfile(spec, t, redirect_port=redirect, metrics=metrics)
+        token = self._window_token()
+        caddyfile: pulumi.Output[str] = pulumi.Output.all(target, token).apply(
+            lambda a: edge.caddyfile(
+                spec, a[0], redirect_port=redirect, metrics=metrics, window_token=a[1] or None
+            )
         )
+        if spec.window:
+            caddyfile = pulumi.Output.secret(caddyfile)  # it holds the window's token
         files: dict[str, pulumi.Output[str]] = {}
         if spec.tls is TlsMode.CERTIFICATE and spec.certificate and spec.private_key:
             files = {edge.CERT_FILE: spec.certificate, edge.KEY_FILE: spec.private_key}
@@ -321,6 +378,20 @@ class DockerApp(pulumi.ComponentResource):
             ),
             opts=self._opts(depends_on=[caddy, upstream]),
         )
+
+    def _window_token(self) -> pulumi.Output[str]:
+        """The maintenance window's token ("" without a window): from the database password."""
+        spec, migration = self._app.edge, self._app.migration
+        if not (spec and spec.window and migration):
+            return pulumi.Output.from_input("")
+        return pulumi.Output.from_input(migration.database.password).apply(edge.window_token)
+
+    def _window(self) -> dict[str, Any] | None:
+        """The edge container the maintenance window opens at: its stable name and labels."""
+        if not (self._app.edge and self._app.edge.window):
+            return None
+        return {"docker_host": self._host, "name": f"{self._prefix}-caddy",
+                "labels": self._labels("caddy")}  # fmt: skip
 
     def _target(self) -> Target:
         db = self._app.migration.database if self._app.migration else None
@@ -370,6 +441,7 @@ class DockerApp(pulumi.ComponentResource):
                 self._target(),
                 self._images[source.name].image_id,
                 [f"{self._prefix}-{q}" for q in spec.quiescent],
+                self._window(),
             ),
             opts=self._opts(
                 depends_on=[self.containers[spec.database.service], self._volumes[("backups", "")]]
@@ -404,8 +476,16 @@ class DockerApp(pulumi.ComponentResource):
         edge_spec = self._app.edge
         if edge_spec and edge_spec.tls is TlsMode.CERTIFICATE and edge_spec.certificate:
             ca = edge_spec.certificate
+        window = self._window()
+        headers = {edge.WINDOW_HEADER: self._window_token()} if window else {}
+        if self.bootstrap:
+            owner = self.bootstrap.owner_key
+            spec = dataclasses.replace(spec, checks=tuple(
+                dataclasses.replace(c, bearer=_prefer(owner, c.bearer))
+                if c.bearer_from_bootstrap else c for c in spec.checks
+            ))  # fmt: skip
         return SmokeTest(
             f"{self._name}-smoke",
-            smoke_args(spec, self._entry_url(), ca),
+            smoke_args(spec, self._entry_url(), ca, headers, window),
             opts=self._opts(depends_on=list(after)),
         )

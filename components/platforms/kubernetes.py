@@ -147,6 +147,8 @@ class KubernetesApp(Workloads, Networking, Storage, pulumi.ComponentResource):
         )  # type: ignore[arg-type,assignment]
         # TLS ends at the Ingress, whose certificate comes from `kubernetes.tlsSecret`.
         self.edge_ca = pulumi.Output.from_input("")
+        # The bootstrap is the operator's call here (README): the API keeps its token.
+        self.secret_outputs: dict[str, pulumi.Output[str]] = {}
         self.register_outputs(
             {
                 "public_url": self.public_url,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,9 +42,11 @@ from components.providers.runner import (
     Target,
     Task,
     TaskError,
+    log_tail,
     runner_for,
     sweep_leftover_tasks,
 )
+from components.providers.window import close_window, open_window
 from components.spec import MigrationSpec
 
 MODES = ("sql-dir", "command")
@@ -63,6 +66,9 @@ ECHOED_KEYS = (
     "connect_deadline_s",
     "task_timeout_s",
     "lock_timeout",
+    "heads_command",
+    "downgrade_command",
+    "window",
 )
 """Non-secret inputs copied into the outputs, so that ``diff`` can compare against them."""
 SECRET_KEYS = ("db_password", "secret_env")
@@ -87,6 +93,9 @@ class MigrationInputs:
     connect_deadline_s: float = 30.0
     task_timeout_s: float = 1800.0
     lock_timeout: str = DEFAULT_LOCK_TIMEOUT
+    heads_command: tuple[str, ...] = ()
+    window: Mapping[str, Any] | None = None
+    """The edge to open the maintenance window at (its name and labels), Docker only."""
 
     @classmethod
     def parse(cls, props: Mapping[str, Any]) -> MigrationInputs:
@@ -107,6 +116,8 @@ class MigrationInputs:
             connect_deadline_s=float(props.get("connect_deadline_s") or 30.0),
             task_timeout_s=float(props.get("task_timeout_s") or 1800.0),
             lock_timeout=str(props.get("lock_timeout") or DEFAULT_LOCK_TIMEOUT),
+            heads_command=tuple(str(c) for c in props.get("heads_command") or ()),
+            window=dict(props["window"]) if props.get("window") else None,
         )
 
     @property
@@ -326,6 +337,50 @@ def _run_sql_dir(
         "backup_id": backup_id,
         "revision_before": "",
         "revision_after": "",
+        "window_opened": "",
+        "notes": notes,
+    }
+
+
+_HEAD = re.compile(r"^\s*([0-9A-Za-z_]+) \(head\)", re.MULTILINE)
+
+
+def _heads(args: MigrationInputs, runner: Runner, env: Mapping[str, str]) -> list[str]:
+    """The image's head revision(s), from ``heads_command`` (``alembic heads``)."""
+    task = Task(
+        name="migrate-heads",
+        image=args.source_image,
+        command=list(args.heads_command),
+        env=dict(env),
+        network=args.target.network or None,
+        timeout_s=min(args.task_timeout_s, 300.0),
+        secret_keys=("PGPASSWORD", *args.secret_env),
+    )
+    try:
+        logs = runner.run(task).logs
+    except TaskError as exc:
+        msg = f"{list(args.heads_command)} failed in {args.source_image}: {exc}"
+        raise MigrationError(msg) from None
+    heads = _HEAD.findall(logs)
+    if not heads:
+        msg = f"{list(args.heads_command)} printed no '<revision> (head)' line:\n{log_tail(logs)}"
+        raise MigrationError(msg)
+    return heads
+
+
+def _result(
+    state: DbState, after: DbState, backup_id: str, notes: list[str], opened: str
+) -> dict[str, Any]:
+    return {
+        "applied": [],
+        "baselined": [],
+        "pending_before": 0,
+        "ledger": [],
+        "schema_checksum": "",
+        "backup_id": backup_id,
+        "revision_before": state.revision or "",
+        "revision_after": after.revision or "",
+        "window_opened": opened,
         "notes": notes,
     }
 
@@ -340,6 +395,13 @@ def _run_command(
     lock_option = f"-c lock_timeout={args.lock_timeout}"
     env = {**pg_env(args.target, args.password), "PGOPTIONS": lock_option, **args.env}
     env.update(args.secret_env)
+    if args.heads_command and not state.empty:
+        heads = _heads(args, runner, env)
+        if state.revision in heads:
+            notes.append(f"revision {state.revision} is the image's head: nothing pending, "
+                         "no maintenance window, no backup")  # fmt: skip
+            return _result(state, state, "", notes, "")
+        notes.append(f"revision {state.revision or '(none)'} -> head {', '.join(heads)}")
     task = Task(
         name="migrate-command",
         image=args.source_image,
@@ -349,6 +411,10 @@ def _run_command(
         timeout_s=args.task_timeout_s,
         secret_keys=("PGPASSWORD", *args.secret_env),
     )
+    opened = ""
+    if args.window and not state.empty:  # the runbook: maintenance on before the backup
+        opened = open_window(args.target.docker_host or None, args.window)
+        notes.append(f"maintenance window opened at {opened}" if opened else "no edge running")
 
     def work() -> None:
         nonlocal backup_id
@@ -359,19 +425,19 @@ def _run_command(
             msg = f"migration command {list(args.command)} failed: {exc}"
             raise MigrationError(msg) from None
 
-    _with_quiescence(args, runner, notes, work)
-    after = query_state(runner, conn)
-    return {
-        "applied": [],
-        "baselined": [],
-        "pending_before": 0,
-        "ledger": [],
-        "schema_checksum": "",
-        "backup_id": backup_id,
-        "revision_before": state.revision or "",
-        "revision_after": after.revision or "",
-        "notes": notes,
-    }
+    try:
+        _with_quiescence(args, runner, notes, work)
+    except Exception as exc:
+        if not opened:
+            raise
+        # The running release serves on, its data as it was: the window must not outlive this.
+        try:
+            close_window(args.target.docker_host or None, args.window or {})
+            said = "the maintenance window was closed: the running release serves"
+        except Exception as close_exc:
+            said = f"closing the maintenance window also failed: {close_exc}"
+        raise MigrationError(f"{exc}\n{said}") from exc
+    return _result(state, query_state(runner, conn), backup_id, notes, opened)
 
 
 @dataclass(frozen=True)
@@ -396,6 +462,11 @@ class MigrationArgs:
     task_timeout_s: float = 1800.0
     lock_timeout: str = DEFAULT_LOCK_TIMEOUT
     """PostgreSQL ``lock_timeout`` of migration statements (``appstack:migrationLockTimeout``)."""
+    heads_command: Sequence[str] = ()
+    downgrade_command: Sequence[str] = ()
+    """Not run here: kept in the state for ``appstack rollback``."""
+    window: Mapping[str, Any] | None = None
+    """The edge container's name and labels: open the maintenance window there (Docker)."""
 
 
 def stack_target(target: Target) -> Target:
@@ -408,6 +479,7 @@ def migration_args(
     target: Target,
     source_image: pulumi.Input[str],
     quiescent: Sequence[str],
+    window: Mapping[str, Any] | None = None,
 ) -> MigrationArgs:
     """A ``Migration``'s inputs for an app's ``MigrationSpec`` on one platform's target.
 
@@ -428,6 +500,9 @@ def migration_args(
         quiescent=list(quiescent),
         db_password=spec.database.password,
         lock_timeout=spec.lock_timeout,
+        heads_command=list(spec.heads_command),
+        downgrade_command=list(spec.downgrade_command),
+        window=window,
     )
 
 
@@ -444,6 +519,7 @@ class Migration(Resource, module="ops", name="Migration"):
     revision_before: pulumi.Output[str]
     revision_after: pulumi.Output[str]
     ran_at: pulumi.Output[str]
+    window_opened: pulumi.Output[str]
     notes: pulumi.Output[list[str]]
 
     def __init__(
@@ -466,6 +542,9 @@ class Migration(Resource, module="ops", name="Migration"):
             "connect_deadline_s": args.connect_deadline_s,
             "task_timeout_s": args.task_timeout_s,
             "lock_timeout": args.lock_timeout,
+            "heads_command": list(args.heads_command),
+            "downgrade_command": list(args.downgrade_command),
+            "window": dict(args.window) if args.window else None,
             **dict.fromkeys(
                 (
                     "applied",
@@ -478,6 +557,7 @@ class Migration(Resource, module="ops", name="Migration"):
                     "revision_before",
                     "revision_after",
                     "ran_at",
+                    "window_opened",
                     "notes",
                 )
             ),

@@ -252,7 +252,8 @@ FOREIGN_SWEEP_AGE_S = 3600.0
 """A stopped task container left by another host is swept only when older than this."""
 
 
-def _owner() -> str:
+def owner_id() -> str:
+    """``<hostname>:<pid>`` of this process, as task containers carry it (``OWNER_LABEL``)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -312,7 +313,7 @@ class DockerRunner:
         self.stack = stack
 
     def _labels(self, task: str) -> dict[str, str]:
-        labels = {TASK_LABEL: task, "appstack.prefix": self.name_prefix, OWNER_LABEL: _owner()}
+        labels = {TASK_LABEL: task, "appstack.prefix": self.name_prefix, OWNER_LABEL: owner_id()}
         if self.stack:
             labels["appstack.stack"] = self.stack
         return labels
@@ -403,7 +404,7 @@ class DockerRunner:
         """
         import docker.errors
 
-        owner = _owner()
+        owner = owner_id()
         client = self._client()
         removed: list[str] = []
         try:

@@ -22,12 +22,18 @@ from pulumi.dynamic import (
 )
 
 from components.providers.runner import redact
+from components.providers.window import close_window, is_open
 from components.spec import SmokeSpec
 
 RUN_NOTE = "runs on every pulumi up"
 """The ``run`` input: the preview shows it against the last run's ``ran at ...`` output."""
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 BODY_CHARS = 200
+WINDOW_LEFT_OPEN = (
+    "\nThe maintenance window the migration opened stays open (clients get 503 with Retry-After): "
+    "the database is migrated and the new release failed. `appstack deploy` rolls back and closes "
+    "it; `appstack maintenance off` closes it by hand."
+)
 _MISSING = object()
 
 
@@ -101,9 +107,10 @@ def run_check(
     check: Check,
     secrets: Mapping[str, str],
     timeout_s: float,
+    headers: Mapping[str, str] | None = None,
 ) -> Outcome:
     """One attempt of one check; the detail is already redacted."""
-    headers = {}
+    headers = dict(headers or {})
     if check.bearer_key:
         headers["Authorization"] = f"Bearer {secrets[check.bearer_key]}"
     url = base_url.rstrip("/") + "/" + check.path.lstrip("/")
@@ -155,6 +162,7 @@ def run_checks(
     deadline_s: float,
     timeout_s: float,
     ca_pem: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Outcome], int]:
     """Run every check; retry the failing ones with exponential backoff until the deadline."""
     end = time.monotonic() + deadline_s
@@ -170,7 +178,7 @@ def run_checks(
                 # a slow probe short at the deadline would report a timeout it never had.
                 own = check.timeout_s or timeout_s
                 budget = own if check.timeout_s else max(0.1, min(own, end - time.monotonic()))
-                results[check.name] = run_check(client, base_url, check, secrets, budget)
+                results[check.name] = run_check(client, base_url, check, secrets, budget, headers)
             pending = [c for c in pending if not results[c.name].ok]
             remaining = end - time.monotonic()
             if not pending or remaining <= 0:
@@ -256,16 +264,24 @@ class SmokeTestProvider(ResourceProvider):
         checks = [Check.parse(raw) for raw in props["checks"]]
         secrets = {str(k): str(v) for k, v in (props.get("secrets") or {}).items()}
         base_url = str(props["base_url"])
+        headers = {str(k): str(v) for k, v in (props.get("headers") or {}).items()}
         results, attempts = run_checks(
             base_url,
             checks,
-            secrets,
+            {**secrets, **{f"header:{k}": v for k, v in headers.items()}},
             float(props.get("deadline_s") or 90.0),
             float(props.get("timeout_s") or 5.0),
             str(props.get("ca_pem") or "") or None,
+            headers,
         )
+        window = props.get("window") or None
         if not all(o.ok for o in results.values()):
-            raise RuntimeError(failure_message(base_url, checks, results, attempts))
+            message = failure_message(base_url, checks, results, attempts)
+            if window and is_open(window.get("docker_host") or None, window):
+                message += WINDOW_LEFT_OPEN
+            raise RuntimeError(message)
+        # The runbook's last step: maintenance off, once the new release passed.
+        closed = close_window(window.get("docker_host") or None, window) if window else False
         checked_at = datetime.now(UTC).isoformat(timespec="seconds")
         return {
             "base_url": base_url,
@@ -277,6 +293,7 @@ class SmokeTestProvider(ResourceProvider):
             "attempts": attempts,
             "checked_at": checked_at,
             "run": f"ran at {checked_at}",
+            "window_closed": checked_at if closed else "",
         }
 
 
@@ -312,10 +329,18 @@ class SmokeTestArgs:
     timeout_s: float = 5.0
     ca_pem: pulumi.Input[str] = ""
     """A CA to trust instead of the system's (the edge's internal CA)."""
+    headers: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    """Secret headers every check sends (the maintenance window's token)."""
+    window: Mapping[str, Any] | None = None
+    """The edge (docker_host, name, labels) whose maintenance window closes once checks pass."""
 
 
 def smoke_args(
-    spec: SmokeSpec, base_url: pulumi.Input[str], ca_pem: pulumi.Input[str] = ""
+    spec: SmokeSpec,
+    base_url: pulumi.Input[str],
+    ca_pem: pulumi.Input[str] = "",
+    headers: Mapping[str, pulumi.Input[str]] | None = None,
+    window: Mapping[str, Any] | None = None,
 ) -> SmokeTestArgs:
     """A ``SmokeTest``'s inputs for an app's ``SmokeSpec`` against its public entry point."""
     checks, secrets = smoke_inputs(spec)
@@ -326,6 +351,8 @@ def smoke_args(
         deadline_s=spec.deadline_s,
         timeout_s=spec.timeout_s,
         ca_pem=ca_pem,
+        headers=dict(headers or {}),
+        window=window,
     )
 
 
@@ -347,9 +374,12 @@ class SmokeTest(Resource, module="ops", name="SmokeTest"):
             "deadline_s": args.deadline_s,
             "timeout_s": args.timeout_s,
             "ca_pem": args.ca_pem,
+            "headers": pulumi.Output.secret(dict(args.headers)) if args.headers else {},
+            "window": dict(args.window) if args.window else None,
             "run": RUN_NOTE,
             "passed": None,
             "latencies": None,
             "checked_at": None,
+            "window_closed": None,
         }
         super().__init__(SmokeTestProvider(), name, props, opts)

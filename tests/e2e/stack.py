@@ -280,7 +280,11 @@ class Watch:
     verify: ssl.SSLContext | bool = True
     version_key: str = "version"
     """The JSON field of a 200 answer that names the release which served it."""
+    window: bool = False
+    """Count 503 answers with ``Retry-After`` (a maintenance window) apart from failures."""
     ok: int = 0
+    windowed: int = 0
+    """503 answers with ``Retry-After`` seen while ``window`` is on."""
     failures: list[str] = field(default_factory=list)
     versions: set[str] = field(default_factory=set)
     longest_gap_s: float = 0.0
@@ -299,6 +303,10 @@ class Watch:
                         self.versions.add(str(resp.json().get(self.version_key)))
                         self.longest_gap_s = max(self.longest_gap_s, started - last_ok)
                         last_ok = started
+                    elif (
+                        self.window and resp.status_code == 503 and resp.headers.get("Retry-After")
+                    ):
+                        self.windowed += 1
                     else:
                         self.failures.append(f"{resp.status_code} {resp.text[:80]}")
                 except httpx.HTTPError as exc:

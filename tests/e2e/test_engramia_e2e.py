@@ -63,8 +63,12 @@ def set_api_tag(stack: Stack, tag: str) -> None:
 
 
 def up_watched(stack: Stack, interval_s: float) -> tuple[Result, Watch]:
-    """``pulumi up`` while ``/v1/version`` is requested through the edge every ``interval_s``."""
-    with Watch(stack.url("/v1/version"), interval_s, version_key="app_version") as watch:
+    """``pulumi up`` while ``/v1/version`` is requested through the edge every ``interval_s``.
+
+    503 answers with ``Retry-After`` (the runbook's maintenance window) are counted apart.
+    """
+    watch = Watch(stack.url("/v1/version"), interval_s, version_key="app_version", window=True)
+    with watch:
         result = stack.up(check=False)
     return result, watch
 
@@ -128,14 +132,23 @@ def test_deploy_from_empty(eng: Stack) -> None:
     assert written.status_code == 201, written.text
 
 
-def test_tag_change_adds_a_revision_under_load_and_drops_no_request(eng: Stack) -> None:
+def test_tag_change_runs_the_runbook_in_a_maintenance_window_under_load(eng: Stack) -> None:
     old = eng.containers()["api"]["Id"]
     set_api_tag(eng, "0.6.2")
     result, watch = up_watched(eng, interval_s=0.05)  # 20 requests/s for the whole update
     assert result.code == 0, result.text[-4000:]
+    # Every request was answered: by a release, or by the window (503 with Retry-After) while
+    # the backup and the migration ran; no connection error, no other status.
     assert watch.failures == [], f"{len(watch.failures)} failed: {watch.failures[:5]}"
+    assert watch.windowed >= 5, "clients saw the maintenance window while it migrated"
     assert watch.versions == {"0.6.1", "0.6.2"}, "the load saw the switch happen"
     assert watch.ok >= 20
+    assert "maintenance window open at the edge" in result.text
+    assert "maintenance window closed at the edge" in result.text
+    assert eng.get("/v1/version").status_code == 200, "closed once the smoke test passed"
+    smoke = eng.resource_outputs("eng-engramia-smoke")
+    migration = eng.resource_outputs("eng-engramia-migration")
+    assert migration["window_opened"] and smoke["window_closed"] >= migration["window_opened"]
     assert eng.containers()["api"]["Id"] != old
     assert len(eng.releases("api")) == 1, "the old release is removed once the new one serves"
 
@@ -164,8 +177,10 @@ def test_failing_migration_leaves_the_running_release_and_the_revision(eng: Stac
         -3000:
     ]
     assert 'column "weight" does not exist' in result.text
+    assert "the maintenance window was closed: the running release serves" in result.text
     assert watch.failures == [], f"{len(watch.failures)} failed: {watch.failures[:5]}"
     assert watch.versions == {"0.6.2"}
+    assert eng.get("/v1/version").status_code == 200, "the window closed with the failure"
     assert watch.ok >= 10, "the probe ran for the whole update"
     assert sql(eng, "SELECT version_num FROM alembic_version") == "004"
     assert sql(eng, "SELECT to_regclass('public.memory_links') IS NULL") == "t", "rolled back"
@@ -213,3 +228,43 @@ def test_a_rate_limit_with_a_unit_is_rejected_at_preview(eng: Stack) -> None:
         "appstack:engramia.rateLimits.default", str(LOAD_LIMIT), check=True,
     )  # fmt: skip
     assert eng.pulumi("preview", "--stack", eng.name).code == 0
+
+
+def test_a_wrong_version_release_fails_its_smoke_test_and_deploy_rolls_back(eng: Stack) -> None:
+    before = eng.containers()["api"]["Id"]
+    set_api_tag(eng, "0.6.4-wrongversion")
+    out = eng.appstack("deploy")
+    assert out.code == 4, out.text[-4000:]
+    assert "json 'app_version' = '0.6.2' (expected '0.6.4-wrongversion')" in out.text
+    assert "rolling back to entry" in out.text
+    assert eng.get("/v1/version").json()["app_version"] == "0.6.2"
+    assert eng.containers()["api"]["Id"] != before, "a new container of the good release"
+    # Its head is the database's revision: nothing pending, so no window and no backup.
+    migration = eng.resource_outputs("eng-engramia-migration")
+    assert (migration["revision_before"], migration["revision_after"]) == ("004", "004")
+    assert migration["backup_id"] == "" and migration["window_opened"] == ""
+    assert any("nothing pending" in n for n in migration["notes"]), migration["notes"]
+
+
+def test_rollback_across_the_added_revision_downgrades_with_the_current_image(eng: Stack) -> None:
+    history = json.loads(eng.appstack("history", "--json").stdout)
+    first = history[-1]
+    assert (first["number"], first["migration"]["revision"]) == (1, "003")
+    assert history[0]["migration"]["revision"] == "004"
+    out = eng.appstack("rollback", "--to", "1", "--yes")
+    assert out.code == 0, out.text[-4000:]
+    assert "revision 004 -> 003 (downgrade, backup first)" in out.text
+    assert "maintenance window open" in out.text
+    assert sql(eng, "SELECT version_num FROM alembic_version") == "003"
+    assert sql(eng, "SELECT count(*) FROM information_schema.columns WHERE column_name='tags'") == (
+        "0"
+    ), "revision 004 (memories.tags) was downgraded"
+    assert eng.get("/v1/version").json()["app_version"] == "0.6.1"
+    rows = eng.get("/v1/memories", token=api_key(eng)).json()["memories"]
+    assert sorted(r["content"] for r in rows) == ["written by 0.6.1", "written by 0.6.2"]
+    assert eng.get("/v1/health", token=api_key(eng)).status_code == 200, "window closed"
+    status = json.loads(eng.appstack("status", "--json").stdout)
+    assert status["migration"]["revision"] == "003"
+    record = sql(eng, "SELECT backup_id || ' ' || revision FROM appstack.releases "
+                      "WHERE release = 'rollback-to-1'")  # fmt: skip
+    assert "pre-rollback" in record and record.endswith(" 003"), record

@@ -97,9 +97,22 @@ def test_the_edge_gates_on_the_apis_anonymous_401_and_only_proxies() -> None:
         inputs = unwrap(route.inputs)
         assert inputs["upstream"] == "engramia-dev-engramia-api-0123abcd:8000"
         assert (inputs["health_path"], inputs["health_status"]) == ("/v1/health", 401)
-        # Engramia has its own maintenance switch: the edge never answers for it.
-        assert "respond" not in inputs["caddyfile"], maintenance
-        assert "reverse_proxy engramia-dev-engramia-api-0123abcd:8000 {" in inputs["caddyfile"]
+        # Engramia has its own maintenance switch: the edge answers for it only in the runbook's
+        # window around a migration (while the window file exists), sparing the health paths.
+        caddyfile = inputs["caddyfile"]
+        assert route.is_secret("caddyfile"), "it holds the window's token"
+        window = caddyfile.split("@window {", 1)[1].split("handle @window", 1)[0]
+        assert "try_files /window" in window and "root /data/appstack" in window
+        assert "not path /v1/health /v1/health/deep" in window
+        token = window.split("not header X-Appstack-Window ", 1)[1].split()[0]
+        assert len(token) == 40 and caddyfile.count("respond") == 1, maintenance
+        assert "reverse_proxy engramia-dev-engramia-api-0123abcd:8000 {" in caddyfile
+        smoke = program.named("engramia-dev-engramia-smoke")
+        assert unwrap(smoke.inputs["headers"]) == {"X-Appstack-Window": token}
+        assert smoke.is_secret("headers")
+        migration = program.named("engramia-dev-engramia-migration")
+        assert migration.inputs["window"]["name"] == "engramia-dev-engramia-caddy"
+        assert migration.inputs["heads_command"] == ["alembic", "heads"]
         deps = {program.by_urn(u).name for u in route.dependencies}
         assert {"engramia-dev-engramia-api", "engramia-dev-engramia-caddy"} <= deps
 
@@ -176,6 +189,17 @@ def test_prod_runs_two_api_replicas_with_secret_refs_only() -> None:
         assert value not in text
 
 
+def test_prod_refuses_a_single_api_replica_naming_the_key() -> None:
+    with pytest.raises(
+        Exception, match=r"appstack:services.api.replicas: 1: prod keeps at least 2"
+    ):
+        run(
+            "engramia-prod",
+            secrets=ENGRAMIA_SECRETS,
+            overrides={"appstack:services": {"api": {"replicas": 1}, "caddy": {"replicas": 2}}},
+        )
+
+
 @contextmanager
 def answering(status: int) -> Iterator[str]:
     """A local HTTP server whose every GET answers ``status``; yields its /v1/health URL."""
@@ -248,8 +272,19 @@ def test_the_bootstrap_token_goes_only_where_it_can_be_used() -> None:
     db = run("engramia-dev", overrides={"appstack:engramia": {"authMode": "db"}})
     api = db.named("engramia-dev-engramia-api")
     assert api.is_secret("env")
-    token = unwrap(api.inputs["env"])["ENGRAMIA_BOOTSTRAP_TOKEN"]
-    assert token == "generated-engramia-dev-engramia-bootstrapToken"
+    # Docker: the bootstrap's throwaway container gets the token, the API never does.
+    assert "ENGRAMIA_BOOTSTRAP_TOKEN" not in unwrap(api.inputs["env"])
+    boot = db.named("engramia-dev-engramia-bootstrap")
+    assert boot.is_secret("token") and boot.is_secret("env")
+    assert unwrap(boot.inputs["token"]) == "generated-engramia-dev-engramia-bootstrapToken"
+    assert "ENGRAMIA_BOOTSTRAP_TOKEN" not in unwrap(boot.inputs["env"])
+    assert unwrap(boot.inputs["env"])["ENGRAMIA_AUTH_MODE"] == "db"
+    assert (boot.inputs["path"], boot.inputs["result_key"]) == ("/v1/keys/bootstrap", "key")
+    deps = {db.by_urn(u).name for u in boot.dependencies}
+    assert {"engramia-dev-engramia-migration", "engramia-dev-engramia-postgres"} <= deps
+    assert "engramia-dev-engramia-bootstrap" in {db.by_urn(u).name for u in api.dependencies}
+    smoke = db.named("engramia-dev-engramia-smoke")
+    assert smoke.is_secret("secrets"), "the deep check sends the bootstrap's owner key"
 
 
 def test_prod_defaults_to_db_auth() -> None:

@@ -94,7 +94,7 @@ RELEASES = [
     {"ran_at": "2026-01-01T10:00:10Z", "backup_id": "", "applied": ["init.sql"],
      "ledger": ["init.sql"]},
     {"ran_at": "2026-01-01T10:01:10Z", "backup_id": "b-2", "applied": ["m/2.sql"],
-     "ledger": ["init.sql", "m/2.sql"]},
+     "ledger": ["init.sql", "m/2.sql"], "revision": "r2"},
 ]  # fmt: skip
 
 
@@ -112,7 +112,9 @@ def test_history_is_numbered_oldest_first_with_each_updates_own_release_record()
         "applied": ["m/2.sql"],
         "backup_id": "b-2",
         "ran_at": "2026-01-01T10:01:10Z",
+        "revision": "r2",
     }
+    assert entries[0].migration["revision"] == "", "the first record has no revision"
     # No migration ran in the third update: no backup of its own, the ledger as it stood.
     assert entries[2].migration["backup_id"] == ""
     assert entries[2].migration["ledger"] == ["init.sql", "m/2.sql"]
@@ -149,3 +151,16 @@ def test_deploy_reads_the_smoke_outcome_from_engine_events(tmp_path: Path) -> No
     other = read_events(log)
     assert not other.smoke_ran and not other.smoke_failed
     assert other.errors == ("smoke SmokeTest",)
+
+
+def test_a_revision_tracked_schema_plans_a_downgrade_to_the_targets_revision() -> None:
+    from components.ops.cli import _describe, _plan
+
+    entries = parse_history(HISTORY)
+    attach_releases(entries, RELEASES)
+    target = entries[1]  # revision r2
+    plan = _plan({"gateway": "x:3"}, target, [], "r3")
+    assert plan["revision"] == {"from": "r3", "to": "r2"}
+    assert "revision r3 -> r2 (downgrade, backup first)" in _describe(plan)
+    assert _plan({}, target, [], "r2")["revision"] is None, "same revision: nothing to take back"
+    assert _plan({}, entries[0], [], "r3")["revision"] is None, "no revision recorded then"
