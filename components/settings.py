@@ -28,6 +28,8 @@ ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
         "protectVolumes": False,
         "public": {"address": "127.0.0.1", "port": 8080},
         "keepBackups": 3,
+        # Dev runs images built on this machine: a pruned one could not be pulled back.
+        "pruneImages": False,
         "replicas": 1,
         "engramiaAuthMode": "env",
         "monitoring": True,
@@ -38,6 +40,7 @@ ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
         "protectVolumes": True,
         "public": {"address": "0.0.0.0", "port": 8080},
         "keepBackups": 7,
+        "pruneImages": True,
         "replicas": 1,
         "engramiaAuthMode": "db",
         "monitoring": True,
@@ -48,6 +51,7 @@ ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
         "protectVolumes": True,
         "public": {"address": "0.0.0.0", "port": 443},
         "keepBackups": 14,
+        "pruneImages": True,
         "replicas": 2,
         "engramiaAuthMode": "db",
         "monitoring": False,  # on only when configured
@@ -255,6 +259,9 @@ class Settings:
     generate_secrets: bool
     protect_volumes: bool
     keep_backups: int
+    prune_images: bool
+    """After a smoke-tested release, remove older images of its repositories (Docker), keeping
+    the previous release's for a rollback."""
     maintenance: bool
     migration_baseline: str | None
     deploy_timeout_s: int
@@ -287,8 +294,8 @@ class Settings:
 CONFIG_KEYS = (
     "environment", "app", "platform", "images", "public", "services", "ollama", "worker",
     "qdrantCollection", "minioBucket", "generateSecrets", "protectVolumes", "keepBackups",
-    "maintenance", "migrationBaseline", "migrationLockTimeout", "deployTimeout", "dockerHost",
-    "kubernetes", "engramia", "monitoring",
+    "pruneImages", "maintenance", "migrationBaseline", "migrationLockTimeout", "deployTimeout",
+    "dockerHost", "kubernetes", "engramia", "monitoring",
 )  # fmt: skip
 
 
@@ -948,6 +955,7 @@ def load(
         generate_secrets=generate,
         protect_volumes=r.bool_("protectVolumes", defaults["protectVolumes"]),
         keep_backups=keep or 1,
+        prune_images=r.bool_("pruneImages", defaults["pruneImages"]),
         maintenance=r.bool_("maintenance", False),
         migration_baseline=r.str_("migrationBaseline"),
         deploy_timeout_s=r.int_("deployTimeout", r.obj("deployTimeout", 180), 10, 3600) or 180,

@@ -484,8 +484,14 @@ class DockerApp(pulumi.ComponentResource):
                 dataclasses.replace(c, bearer=_prefer(owner, c.bearer))
                 if c.bearer_from_bootstrap else c for c in spec.checks
             ))  # fmt: skip
+        prune = None
+        if self._settings.prune_images:
+            refs = {s.name: s.image for s in self._app.services}
+            if edge_spec:
+                refs["caddy"] = edge_spec.image
+            prune = {"docker_host": self._host, "images": refs}
         return SmokeTest(
             f"{self._name}-smoke",
-            smoke_args(spec, self._entry_url(), ca, headers, window),
+            smoke_args(spec, self._entry_url(), ca, headers, window, prune),
             opts=self._opts(depends_on=list(after)),
         )

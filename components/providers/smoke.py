@@ -21,6 +21,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
+from components.providers.prune import prune
 from components.providers.runner import redact
 from components.providers.window import close_window, is_open
 from components.spec import SmokeSpec
@@ -250,17 +251,17 @@ class SmokeTestProvider(ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         """Run the checks; raise one message listing every failing check."""
-        return CreateResult(f"smoke-{props.get('base_url', '')}", self._run(props))
+        return CreateResult(f"smoke-{props.get('base_url', '')}", self._run(props, {}))
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         """Run the checks again."""
-        return UpdateResult(self._run(news))
+        return UpdateResult(self._run(news, olds))
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         """A smoke test leaves nothing behind."""
 
     @staticmethod
-    def _run(props: Mapping[str, Any]) -> dict[str, Any]:
+    def _run(props: Mapping[str, Any], olds: Mapping[str, Any]) -> dict[str, Any]:
         checks = [Check.parse(raw) for raw in props["checks"]]
         secrets = {str(k): str(v) for k, v in (props.get("secrets") or {}).items()}
         base_url = str(props["base_url"])
@@ -282,6 +283,7 @@ class SmokeTestProvider(ResourceProvider):
             raise RuntimeError(message)
         # The runbook's last step: maintenance off, once the new release passed.
         closed = close_window(window.get("docker_host") or None, window) if window else False
+        released = _prune(props.get("prune") or None, olds)
         checked_at = datetime.now(UTC).isoformat(timespec="seconds")
         return {
             "base_url": base_url,
@@ -294,7 +296,21 @@ class SmokeTestProvider(ResourceProvider):
             "checked_at": checked_at,
             "run": f"ran at {checked_at}",
             "window_closed": checked_at if closed else "",
+            **released,
         }
+
+
+def _prune(prune_in: Mapping[str, Any] | None, olds: Mapping[str, Any]) -> dict[str, Any]:
+    """The release passed: older images go, the previous release's stay (``prune.py``)."""
+    if not prune_in:
+        return {}
+    current, previous, removed = prune(
+        prune_in.get("docker_host") or None,
+        dict(prune_in.get("images") or {}),
+        dict(olds.get("released_images") or {}),
+        dict(olds.get("previous_images") or {}),
+    )
+    return {"released_images": current, "previous_images": previous, "pruned": removed}
 
 
 def smoke_inputs(spec: SmokeSpec) -> tuple[list[dict[str, Any]], dict[str, pulumi.Output[str]]]:
@@ -333,6 +349,8 @@ class SmokeTestArgs:
     """Secret headers every check sends (the maintenance window's token)."""
     window: Mapping[str, Any] | None = None
     """The edge (docker_host, name, labels) whose maintenance window closes once checks pass."""
+    prune: Mapping[str, Any] | None = None
+    """``{docker_host, images: {service: ref}}``: older images pruned once checks pass."""
 
 
 def smoke_args(
@@ -341,6 +359,7 @@ def smoke_args(
     ca_pem: pulumi.Input[str] = "",
     headers: Mapping[str, pulumi.Input[str]] | None = None,
     window: Mapping[str, Any] | None = None,
+    prune_images: Mapping[str, Any] | None = None,
 ) -> SmokeTestArgs:
     """A ``SmokeTest``'s inputs for an app's ``SmokeSpec`` against its public entry point."""
     checks, secrets = smoke_inputs(spec)
@@ -353,6 +372,7 @@ def smoke_args(
         ca_pem=ca_pem,
         headers=dict(headers or {}),
         window=window,
+        prune=prune_images,
     )
 
 
@@ -376,10 +396,14 @@ class SmokeTest(Resource, module="ops", name="SmokeTest"):
             "ca_pem": args.ca_pem,
             "headers": pulumi.Output.secret(dict(args.headers)) if args.headers else {},
             "window": dict(args.window) if args.window else None,
+            "prune": dict(args.prune) if args.prune else None,
             "run": RUN_NOTE,
             "passed": None,
             "latencies": None,
             "checked_at": None,
             "window_closed": None,
+            "released_images": None,
+            "previous_images": None,
+            "pruned": None,
         }
         super().__init__(SmokeTestProvider(), name, props, opts)

@@ -335,3 +335,15 @@ def test_a_digest_pinned_api_skips_the_version_value_not_the_check() -> None:
     checks = {c["name"]: c for c in smoke.inputs["checks"]}
     assert checks["version"]["expect_status"] == 200
     assert checks["version"]["expect_json"] == {}
+
+
+def test_old_images_are_pruned_after_the_smoke_test_where_config_says() -> None:
+    dev = run("engramia-dev").named("engramia-dev-engramia-smoke")
+    assert not dev.inputs.get("prune"), "dev runs images built here: never pruned by default"
+    on = run("engramia-dev", overrides={"appstack:pruneImages": "true"})
+    prune = on.named("engramia-dev-engramia-smoke").inputs["prune"]
+    assert prune["images"] == {
+        "api": "appstack.local/engramia:0.6.1",
+        "postgres": "appstack.local/postgres-pgvector:17",
+        "caddy": "appstack.local/caddy:2",
+    }
