@@ -1,4 +1,4 @@
-"""``appstack``: the operator CLI (status, history, rollback, deploy, maintenance).
+"""``appstack``: the operator CLI (status, history, rollback, deploy, logs, maintenance).
 
 Exit codes: 0 done; 1 a step failed; 2 bad input (unknown stack, entry out of range, entry that
 failed); 3 refused (confirmation missing, or the schema moved and --restore-backup was not given);
@@ -425,6 +425,26 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 4
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """A service's (or every service's) recent log lines, secrets redacted."""
+    from components.ops import logs
+
+    stack = _stack(args)
+    deployment = stack.export(secrets=True)
+    secrets = logs.secret_values(deployment)
+    since = logs.since_time(args.since)
+    found = logs.docker_services(deployment)
+    if not found:
+        msg = f"stack {args.stack!r} has no containers in its state (deployed yet?)"
+        raise OpsError(msg, 2)
+    names = logs.pick_services(list(found), args.service)
+    width = max(len(n) for n in names)
+    for name in names:
+        text = logs.docker_logs(found[name], args.tail, since)
+        sys.stdout.write(logs.prefixed(name, text, secrets, width))
+    return 0
+
+
 def cmd_maintenance(args: argparse.Namespace) -> int:
     """Maintenance on/off through config and `pulumi up`."""
     stack = _stack(args)
@@ -463,6 +483,10 @@ def parser() -> argparse.ArgumentParser:
     )
     dp = command("deploy", "pulumi up; roll back to the last good release if smoke tests fail")
     dp.add_argument("--restore-backup", action="store_true", help=argparse.SUPPRESS)
+    lg = command("logs", "a service's recent log lines (every service without a name), redacted")
+    lg.add_argument("service", nargs="?", help="service name (e.g. gateway, api)")
+    lg.add_argument("--tail", type=int, default=100, help="lines per service (default 100)")
+    lg.add_argument("--since", help="a duration (90s, 10m, 2h, 1d) or an ISO 8601 time")
     mt = command("maintenance", "maintenance mode on or off")
     mt.add_argument("state", choices=("on", "off"))
     return p
@@ -473,6 +497,7 @@ COMMANDS = {
     "history": cmd_history,
     "rollback": cmd_rollback,
     "deploy": cmd_deploy,
+    "logs": cmd_logs,
     "maintenance": cmd_maintenance,
 }
 

@@ -132,6 +132,26 @@ def test_deploy_from_empty(eng: Stack) -> None:
     assert written.status_code == 201, written.text
 
 
+def test_logs_show_each_service_with_every_secret_redacted(eng: Stack) -> None:
+    key = api_key(eng)
+    # The edge's access log records the URI: a key sent in a query string lands in it.
+    assert eng.get(f"/v1/version?leak={key}").status_code == 200
+    out = eng.appstack("logs", "caddy", "--tail", "50")
+    assert out.code == 0, out.text
+    assert "/v1/version?leak=***" in out.stdout
+    assert key not in out.stdout
+    assert all(line.startswith("caddy | ") for line in out.stdout.splitlines())
+    every = eng.appstack("logs", "--tail", "5", "--since", "1h")
+    assert every.code == 0, every.text
+    assert {line.split(" | ", 1)[0].strip() for line in every.stdout.splitlines()} >= {
+        "api",
+        "caddy",
+        "postgres",
+    }
+    unknown = eng.appstack("logs", "gateway")
+    assert unknown.code == 2 and "unknown service 'gateway'; this stack runs: " in unknown.stderr
+
+
 def test_tag_change_runs_the_runbook_in_a_maintenance_window_under_load(eng: Stack) -> None:
     old = eng.containers()["api"]["Id"]
     set_api_tag(eng, "0.6.2")

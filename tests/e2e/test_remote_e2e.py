@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import _require_engines, cleanup
@@ -69,7 +70,10 @@ def ssh_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             subprocess.run(["kill", pid], check=False)
 
 
-URL = "http://127.0.0.1:18484"
+HOST_ADDRESS = "127.0.0.2"
+"""Where the "remote" host publishes: another loopback address than the operator's 127.0.0.1, so
+a smoke test or publicUrl that rewrote the address to 127.0.0.1 would find nothing there."""
+URL = f"http://{HOST_ADDRESS}:18484"
 
 
 def test_stack_deploys_to_an_engine_over_ssh(
@@ -82,7 +86,7 @@ def test_stack_deploys_to_an_engine_over_ssh(
         {
             "appstack:dockerHost": f"ssh://root@127.0.0.1:{PORT}",
             # A remote engine: where clients reach its published port must be said.
-            "appstack:public": {"address": "127.0.0.1", "port": 18484, "url": URL},
+            "appstack:public": {"address": HOST_ADDRESS, "port": 18484, "url": URL},
         },
     )
     stack.env["HOME"] = str(ssh_home)  # the engine's SSH client reads ~/.ssh from here
@@ -94,7 +98,14 @@ def test_stack_deploys_to_an_engine_over_ssh(
                     "prometheus", "alertmanager", "postgres-exporter"}  # fmt: skip
         assert set(running) == expected
         assert all(c["State"]["Running"] for c in running.values())
-        assert wait_http(stack.url("/v1/healthz")).json()["status"] == "ok"
+        assert wait_http(f"{URL}/v1/healthz").json()["status"] == "ok"
+        with pytest.raises(httpx.ConnectError):
+            httpx.get("http://127.0.0.1:18484/v1/healthz", timeout=3)
+        assert stack.outputs()["publicUrl"] == URL
+        smoke = stack.resource_outputs("::remote-haven-smoke")
+        assert smoke["base_url"] == URL and smoke["passed"], (
+            "the smoke test probed the host's address"
+        )
         # The migration's one-off tasks also went over SSH: the ledger exists.
         assert "init.sql" in stack.psql("select name from appstack_schema_ledger")
         out = stack.resource_outputs("::remote-haven-migration")

@@ -164,3 +164,37 @@ def test_a_revision_tracked_schema_plans_a_downgrade_to_the_targets_revision() -
     assert "revision r3 -> r2 (downgrade, backup first)" in _describe(plan)
     assert _plan({}, target, [], "r2")["revision"] is None, "same revision: nothing to take back"
     assert _plan({}, entries[0], [], "r3")["revision"] is None, "no revision recorded then"
+
+
+def test_logs_since_takes_durations_and_times_and_names_a_bad_value() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from components.ops.logs import since_time
+
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    assert since_time("10m", now) == now - timedelta(minutes=10)
+    assert since_time("2h", now) == now - timedelta(hours=2)
+    assert since_time("2026-11-25T11:00:00Z") == datetime(2026, 11, 25, 11, 0, tzinfo=UTC)
+    assert since_time(None) is None
+    with pytest.raises(OpsError, match="--since 'yesterday'"):
+        since_time("yesterday")
+
+
+def test_logs_redact_every_secret_the_state_holds() -> None:
+    from components.ops.logs import SECRET_SIG, prefixed, secret_values
+
+    export = {
+        "deployment": {
+            "resources": [
+                {"outputs": {"value": {SECRET_SIG: "1", "plaintext": json.dumps("s3cr3t-token")}}},
+                {"inputs": {"env": {SECRET_SIG: "1", "plaintext": json.dumps(
+                    {"DB_URL": "postgresql://u:pw-long@db/x", "PORT": "80"})}}},
+                {"outputs": {"name": "not-a-secret"}},
+            ]
+        }
+    }  # fmt: skip
+    found = secret_values(export)
+    assert set(found) == {"s3cr3t-token", "postgresql://u:pw-long@db/x"}
+    text = "token=s3cr3t-token\nurl postgresql://u:pw-long@db/x port 80\n"
+    out = prefixed("api", text, found, 5)
+    assert out == "api   | token=***\napi   | url *** port 80\n"

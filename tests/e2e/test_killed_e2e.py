@@ -1,0 +1,102 @@
+"""Runs that are killed or raced, through a real `pulumi up` on a real engine (Haven, dev-like).
+
+- `pulumi up` killed (SIGKILL, engine and program alike) while the migration has the embedding
+  worker stopped: the next `up` (after `pulumi cancel` released the file backend's lock) starts it
+  again and converges, the ledger holding each file once.
+- Two `up`s at once on one stack: one runs, the other fails cleanly on the stack's lock.
+- A deploy with a migration leaves no dangling volume behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import cleanup
+from tests.e2e.stack import Stack, docker, start_ollama
+
+pytestmark = pytest.mark.e2e
+PORT = 18888
+
+
+@pytest.fixture(scope="module")
+def kil(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A dev-like Haven stack of its own (monitoring off: not what this file is about)."""
+    tmp: Path = tmp_path_factory.mktemp("killed")
+    stack = Stack.create(tmp, "kil", PORT, {"appstack:monitoring": {"enabled": False}})
+    ollama = f"appstack-{stack.name}-ollama"
+    start_ollama(stack.ollama_network, ollama)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        cleanup(stack, ollama)
+
+
+def _worker_state(stack: Stack) -> str:
+    worker = stack.containers().get("worker")
+    return str(worker["State"]["Status"]) if worker else "missing"
+
+
+def _dangling() -> set[str]:
+    return set(docker("volume", "ls", "-q", "--filter", "dangling=true").split())
+
+
+def test_up_killed_while_the_worker_is_stopped_converges_on_the_next_up(kil: Stack) -> None:
+    dangling = _dangling()
+    kil.set_images("0.2.0", ("catalog",))  # the 0.2.0 catalog image carries pending migrations
+    proc = subprocess.Popen(
+        ["pulumi", "up", "--yes", "--skip-preview", "--non-interactive", "--stack", kil.name],
+        cwd=kil.workdir, env=kil.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    seen_stopped = False
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _worker_state(kil) == "exited":
+                seen_stopped = True
+                os.killpg(proc.pid, signal.SIGKILL)  # the engine, the program, its provider
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None and not seen_stopped:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert seen_stopped, "the update ended before the migration stopped the worker"
+    assert _worker_state(kil) == "exited", "the killed run left the worker stopped"
+    kil.pulumi("cancel", "--yes", "--stack", kil.name, check=True)
+    again = kil.up(check=False)
+    assert again.code == 0, again.text[-4000:]
+    assert _worker_state(kil) == "running"
+    ledger = kil.psql("select name from appstack_schema_ledger order by name").split()
+    assert len(ledger) == len(set(ledger)) and any(n.startswith("migrations/v2_") for n in ledger)
+    assert "collections" in kil.psql("select tablename from pg_tables where schemaname='public'")
+    # Every task container of both runs went with its anonymous volume (Postgres' image declares
+    # VOLUME /var/lib/postgresql/data): nothing dangles that did not before.
+    assert _dangling() - dangling == set()
+
+
+def test_two_ups_at_once_one_runs_the_other_fails_on_the_lock(kil: Stack) -> None:
+    kil.set_images("0.1.0", ("gateway",))
+    cmd = ["pulumi", "up", "--yes", "--skip-preview", "--non-interactive", "--stack", kil.name]
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(cmd, cwd=kil.workdir, env=kil.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+    procs = [start(), start()]
+    outs = [(p.wait(timeout=600), p.stdout.read() if p.stdout else "") for p in procs]
+    codes = sorted(code for code, _ in outs)
+    assert codes[0] == 0 and codes[1] != 0, outs
+    refused = next(text for code, text in outs if code != 0)
+    assert "locked" in refused, refused[-2000:]
+    assert _worker_state(kil) == "running"
+    ledger = kil.psql("select name from appstack_schema_ledger").split()
+    assert len(ledger) == len(set(ledger))
