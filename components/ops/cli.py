@@ -363,7 +363,8 @@ def rollback(args: argparse.Namespace, stack: Pulumi, entries: list[Entry], targ
         backup_id = _restore_point(entries, target)
         fresh = _restore(stack, backup_id)
         say(f"restored {backup_id} (the state before the rollback is in {fresh})")
-    else:
+    elif now:
+        # Without a Migration resource (kubernetes.skipClusterTasks) no database task runs.
         _reset_chunks(stack)
     _set_images(stack, target)
     say("pulumi up (smoke tests run as its last step)")
