@@ -50,12 +50,15 @@ def context(config: Mapping[str, Any]) -> str | None:
     return str(value) if value else None
 
 
-def health(obj: Mapping[str, Any]) -> str:
-    """One word for a live workload: ready, progressing, stalled, degraded or stopped.
+def health(obj: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> str:
+    """One word for a live workload (``pods``: its own): ready, progressing, stalled, degraded or
+    stopped.
 
-    ``progressing`` while the controller has not caught up with the spec or pods of an older
-    template remain; ``stalled`` once a Deployment's rollout passed its progress deadline;
-    ``degraded`` when the rollout is done but fewer pods are ready or available than desired.
+    ``progressing`` while the controller has not caught up with the spec, or pods of an older
+    template remain, or pods are still terminating (``status.replicas`` no longer counts them);
+    ``stalled`` once a Deployment's rollout passed its progress deadline; ``degraded`` when the
+    rollout is done but fewer pods are ready or available than desired; ``stopped`` when it is
+    scaled to 0 and its pods are gone.
     """
     meta, status = obj.get("metadata") or {}, obj.get("status") or {}
     counts = replica_counts(obj)
@@ -64,7 +67,9 @@ def health(obj: Mapping[str, Any]) -> str:
     if any(c.get("reason") == "ProgressDeadlineExceeded" for c in conditions):
         return "stalled"
     behind = int(status.get("observedGeneration") or 0) < int(meta.get("generation") or 0)
-    if behind or counts["updated"] < desired or int(status.get("replicas") or 0) > desired:
+    old = int(status.get("replicas") or 0) > desired or counts["updated"] < desired
+    going = any((p.get("metadata") or {}).get("deletionTimestamp") for p in pods)
+    if behind or old or going or int(status.get("terminatingReplicas") or 0):
         return "progressing"
     if desired == 0:
         return "stopped"
@@ -84,27 +89,35 @@ def replica_counts(obj: Mapping[str, Any]) -> dict[str, int]:
     }
 
 
-def restarts(obj: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> int:
-    """Container restarts summed over the pods the workload's selector matches."""
+def own_pods(obj: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The pods the workload's selector matches."""
     selector = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-    total = 0
-    for pod in pods:
+
+    def matches(pod: Mapping[str, Any]) -> bool:
         labels = (pod.get("metadata") or {}).get("labels") or {}
-        if not selector or any(labels.get(k) != v for k, v in selector.items()):
-            continue
-        status = pod.get("status") or {}
-        for cs in (status.get("containerStatuses") or []) + (
-            status.get("initContainerStatuses") or []
-        ):
-            total += int(cs.get("restartCount") or 0)
-    return total
+        return all(labels.get(k) == v for k, v in selector.items())
+
+    return [pod for pod in pods if selector and matches(pod)]
+
+
+def restarts(pods: Sequence[Mapping[str, Any]]) -> int:
+    """Container restarts summed over ``pods`` (init containers included)."""
+    statuses = [
+        cs
+        for pod in pods
+        for key in ("containerStatuses", "initContainerStatuses")
+        for cs in (pod.get("status") or {}).get(key) or []
+    ]
+    return sum(int(cs.get("restartCount") or 0) for cs in statuses)
 
 
 def row(obj: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The status row of one live Deployment or StatefulSet (its JSON from the API server)."""
+    """The status row of one live Deployment or StatefulSet (its JSON from the API server), with
+    the restarts of its pods among ``pods``."""
     meta = obj.get("metadata") or {}
     template = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
     images = [str(c.get("image")) for c in template.get("containers") or []]
+    own = own_pods(obj, pods)
     return {
         "name": str(meta.get("name")),
         "kind": str(obj.get("kind")),
@@ -112,8 +125,8 @@ def row(obj: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> dict[str, 
         "image": images[0] if images else "",
         "images": images,
         **replica_counts(obj),
-        "restarts": restarts(obj, pods),
-        "health": health(obj),
+        "restarts": restarts(own),
+        "health": health(obj, own),
     }
 
 

@@ -115,6 +115,11 @@ def test_a_deployment_scaled_to_zero_is_stopped_once_its_pods_are_gone() -> None
     assert health(obj) == "progressing"  # its pods are still going
     for key in ("replicas", "readyReplicas", "availableReplicas", "updatedReplicas"):
         del obj["status"][key]
+    # status.replicas no longer counts a terminating pod: it still runs its grace period.
+    terminating = pod(SELECTOR, 0)
+    terminating["metadata"]["deletionTimestamp"] = "2026-11-25T20:00:00Z"
+    assert health(obj, [terminating]) == "progressing"
+    assert health({**obj, "status": {**obj["status"], "terminatingReplicas": 1}}) == "progressing"
     assert health(obj) == "stopped"
     assert [row(obj, [])[k] for k in ("desired", "ready", "available", "updated")] == [0] * 4
 
