@@ -130,7 +130,7 @@ def row(obj: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> dict[str, 
     }
 
 
-def _absent(workload: Workload, health: str, error: str = "") -> dict[str, Any]:
+def _absent(workload: Workload, word: str, error: str = "") -> dict[str, Any]:
     """The row of a workload the cluster did not show (``missing``) or could not be asked about."""
     absent: dict[str, Any] = {
         "name": workload.name,
@@ -140,7 +140,7 @@ def _absent(workload: Workload, health: str, error: str = "") -> dict[str, Any]:
         "images": [],
         **dict.fromkeys(COUNTS, 0),
         "restarts": 0,
-        "health": health,
+        "health": word,
     }
     return {**absent, "error": error} if error else absent
 

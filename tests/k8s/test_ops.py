@@ -301,3 +301,11 @@ def test_rollback_to_previous_puts_the_old_image_back_on_the_cluster(
         "1.0.0",
     ]
     assert steps(ops.preview()) == []
+
+
+def test_a_workload_deleted_behind_pulumis_back_is_missing(cluster: Cluster, ops: Stack) -> None:
+    cluster.kubectl("delete", "deployment", "worker", "-n", NS, "--wait=true")
+    worker = status(ops)["worker"]
+    assert (worker["health"], worker["image"], worker["ready"]) == ("missing", "", 0)
+    ops.up("--refresh")  # the state learns it is gone; the update creates it again
+    assert wait_for_health(ops, "worker", "ready")["desired"] == 1
