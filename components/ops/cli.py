@@ -31,6 +31,7 @@ from components.ops.stack import (
     migration_state,
     pick,
     plaintext,
+    platform,
     read_events,
     resources,
     stale_locks,
@@ -68,9 +69,38 @@ def _when(seconds: int) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Each service's image and health, and the last migration and backup."""
+    """Each service's image and health, and the last migration and backup.
+
+    Docker: each container's health from the engine. Kubernetes: each Deployment and StatefulSet
+    as the cluster has it now (components/ops/kube.py).
+    """
     stack = _stack(args)
-    deployment = stack.export()
+    deployment, config = stack.export(), stack.config()
+    if platform(config, args.stack) == "kubernetes":
+        from components.ops import kube
+
+        services = kube.read(kube.workloads(deployment), kube.context(config))
+        lines = [kube.describe(svc) for svc in services]
+    else:
+        services = _containers(deployment)
+        lines = [f"{svc['name']:<32} {svc['health']:<10} {svc['image']}" for svc in services]
+    report = {"stack": args.stack, "services": services, "migration": migration_state(deployment)}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for line in lines:
+        print(line)
+    mig = report["migration"]
+    if mig:
+        print(f"migration: {len(mig['ledger'])} files in ledger, last applied {mig['applied']}")
+        print(f"last backup: {mig['backup_id'] or '(none)'}  ran at {mig['ran_at']}")
+        if mig.get("revision"):
+            print(f"schema revision: {mig['revision']}")
+    return 0
+
+
+def _containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each container's name, image and health as the Docker engine reports it."""
     from components.providers.engine import client
 
     services = []
@@ -84,19 +114,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         except Exception as exc:  # the engine's answer is the status: report it, don't crash
             health = f"unknown ({type(exc).__name__})"
         services.append({"name": out.get("name"), "image": out.get("image"), "health": health})
-    report = {"stack": args.stack, "services": services, "migration": migration_state(deployment)}
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    for svc in services:
-        print(f"{svc['name']:<32} {svc['health']:<10} {svc['image']}")
-    mig = report["migration"]
-    if mig:
-        print(f"migration: {len(mig['ledger'])} files in ledger, last applied {mig['applied']}")
-        print(f"last backup: {mig['backup_id'] or '(none)'}  ran at {mig['ran_at']}")
-        if mig.get("revision"):
-            print(f"schema revision: {mig['revision']}")
-    return 0
+    return services
 
 
 def history(stack: Pulumi) -> list[Entry]:
@@ -345,7 +363,8 @@ def rollback(args: argparse.Namespace, stack: Pulumi, entries: list[Entry], targ
         backup_id = _restore_point(entries, target)
         fresh = _restore(stack, backup_id)
         say(f"restored {backup_id} (the state before the rollback is in {fresh})")
-    else:
+    elif now:
+        # Without a Migration resource (kubernetes.skipClusterTasks) no database task runs.
         _reset_chunks(stack)
     _set_images(stack, target)
     say("pulumi up (smoke tests run as its last step)")

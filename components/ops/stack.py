@@ -179,6 +179,15 @@ def image_refs(config: Mapping[str, Any]) -> dict[str, str]:
     return refs
 
 
+def platform(config: Mapping[str, Any], stack: str) -> str:
+    """The platform a stack deploys to: ``appstack:platform``, else its environment's default."""
+    from components.settings import ENVIRONMENT_DEFAULTS
+
+    environment = str(config.get("appstack:environment") or stack)
+    defaults = ENVIRONMENT_DEFAULTS.get(environment, ENVIRONMENT_DEFAULTS["dev"])
+    return str(config.get("appstack:platform") or defaults["platform"])
+
+
 def backend_dir() -> Path | None:
     """The file backend's directory, or None for any other backend (``s3://``, ``gs://``...)."""
     url = os.environ.get("PULUMI_BACKEND_URL", "")

@@ -73,6 +73,34 @@ def job_name(prefix: str, task: str) -> str:
     return f"{stem[: 63 - len(suffix) - 1].rstrip('-')}-{suffix}"
 
 
+def kubectl(
+    namespace: str, context: str | None, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``kubectl ARGS`` in ``namespace`` of ``context`` (None: the kubeconfig's current one).
+
+    ``kubectl`` finds its kubeconfig as it always does (``KUBECONFIG``, else ~/.kube/config), the
+    same one the stack's Kubernetes provider reads.
+    """
+    argv = ["kubectl", *(["--context", context] if context else [])]
+    argv += ["--namespace", namespace, *args]
+    try:
+        proc = subprocess.run(
+            argv,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=KUBECTL_TIMEOUT_S,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        msg = "kubectl is not on PATH: appstack drives Kubernetes clusters through it"
+        raise KubectlError(msg) from exc
+    if check and proc.returncode != 0:
+        msg = f"kubectl {' '.join(args[:2])} failed ({proc.returncode}): {proc.stderr.strip()}"
+        raise KubectlError(msg)
+    return proc
+
+
 def _security(uid: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Pod and container security contexts of a task: non-root, nothing to escalate."""
     pod = {
@@ -189,26 +217,7 @@ class KubernetesRunner:
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """Run ``kubectl`` in the target's context and namespace."""
-        argv = ["kubectl"]
-        if self.context:
-            argv += ["--context", self.context]
-        argv += ["--namespace", self.namespace, *args]
-        try:
-            proc = subprocess.run(
-                argv,
-                input=stdin,
-                capture_output=True,
-                text=True,
-                timeout=KUBECTL_TIMEOUT_S,
-                check=False,
-            )
-        except FileNotFoundError as exc:
-            msg = "kubectl is not on PATH: the Kubernetes runner drives the cluster through it"
-            raise KubectlError(msg) from exc
-        if check and proc.returncode != 0:
-            msg = f"kubectl {' '.join(args[:2])} failed ({proc.returncode}): {proc.stderr.strip()}"
-            raise KubectlError(msg)
-        return proc
+        return kubectl(self.namespace, self.context, *args, stdin=stdin, check=check)
 
     def _get_json(self, *args: str) -> dict[str, Any]:
         return dict(json.loads(self.kubectl("get", *args, "-o", "json").stdout))
