@@ -446,21 +446,27 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     """A service's (or every service's) recent log lines, secrets redacted."""
-    from components.ops import logs
+    from components.ops import kube, logs
 
     stack = _stack(args)
-    deployment = stack.export(secrets=True)
+    deployment, config = stack.export(secrets=True), stack.config()
     secrets = logs.secret_values(deployment)
     since = logs.since_time(args.since)
-    found = logs.docker_services(deployment)
-    if not found:
-        msg = f"stack {args.stack!r} has no containers in its state (deployed yet?)"
+    if platform(config, args.stack) == "kubernetes":
+        found_k8s = {w.name: w for w in kube.workloads(deployment)}
+        names = logs.pick_services(list(found_k8s), args.service)
+        ctx = kube.context(config)
+        texts = {n: logs.kube_logs(found_k8s[n], ctx, args.tail, since) for n in names}
+    else:
+        found = logs.docker_services(deployment)
+        names = logs.pick_services(list(found), args.service)
+        texts = {n: logs.docker_logs(found[n], args.tail, since) for n in names}
+    if not names:
+        msg = f"stack {args.stack!r} has no services in its state (deployed yet?)"
         raise OpsError(msg, 2)
-    names = logs.pick_services(list(found), args.service)
     width = max(len(n) for n in names)
     for name in names:
-        text = logs.docker_logs(found[name], args.tail, since)
-        sys.stdout.write(logs.prefixed(name, text, secrets, width))
+        sys.stdout.write(logs.prefixed(name, texts[name], secrets, width))
     return 0
 
 

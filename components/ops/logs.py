@@ -123,3 +123,27 @@ def prefixed(service: str, text: str, secrets: Sequence[str], width: int) -> str
     """Each line of ``text`` redacted and prefixed with the service's name."""
     lines = redact(text, secrets).splitlines()
     return "".join(f"{service:<{width}} | {line}\n" for line in lines)
+
+
+def kubectl_logs_args(kind: str, name: str, tail: int | None, since: datetime | None) -> list[str]:
+    """``kubectl logs`` arguments for every pod of one workload, each line prefixed by its pod."""
+    args = ["logs", f"{kind.lower()}/{name}", "--all-pods=true", "--all-containers=true",
+            "--prefix=true", "--timestamps=true", "--ignore-errors=true"]  # fmt: skip
+    if tail is not None:
+        args.append(f"--tail={tail}")
+    if since is not None:
+        args.append(f"--since-time={since.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}")
+    return args
+
+
+def kube_logs(
+    workload: Any, kube_context: str | None, tail: int | None, since: datetime | None
+) -> str:
+    """The workload's pods' log lines through ``kubectl`` (the stack's context)."""
+    from components.providers.k8s_runner import KubectlError, kubectl
+
+    args = kubectl_logs_args(workload.kind, workload.name, tail, since)
+    try:
+        return kubectl(workload.namespace, kube_context, *args).stdout
+    except KubectlError as exc:
+        return f"(no logs: {exc})\n"

@@ -198,3 +198,15 @@ def test_logs_redact_every_secret_the_state_holds() -> None:
     text = "token=s3cr3t-token\nurl postgresql://u:pw-long@db/x port 80\n"
     out = prefixed("api", text, found, 5)
     assert out == "api   | token=***\napi   | url *** port 80\n"
+
+
+def test_logs_on_kubernetes_read_every_pod_of_the_workload() -> None:
+    from datetime import UTC, datetime
+
+    from components.ops.logs import kubectl_logs_args
+
+    args = kubectl_logs_args("Deployment", "gateway", 50, datetime(2026, 1, 2, 3, 4, tzinfo=UTC))
+    assert args[:2] == ["logs", "deployment/gateway"]
+    assert {"--all-pods=true", "--all-containers=true", "--prefix=true", "--tail=50"} <= set(args)
+    assert "--since-time=2026-01-02T03:04:00Z" in args
+    assert not [a for a in kubectl_logs_args("StatefulSet", "pg", None, None) if "tail" in a]
