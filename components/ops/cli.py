@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from components.ops import release
 from components.ops.stack import (
     CONTAINER_TYPE,
     MIGRATION_TYPE,
@@ -434,6 +435,11 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    """``appstack release``: images built and pinned at one commit, then `deploy` (release.py)."""
+    return release.run(args, _stack(args), deploy=cmd_deploy, say=say)
+
+
 def parser() -> argparse.ArgumentParser:
     """The CLI's arguments."""
     p = argparse.ArgumentParser(
@@ -465,6 +471,7 @@ def parser() -> argparse.ArgumentParser:
     dp.add_argument("--restore-backup", action="store_true", help=argparse.SUPPRESS)
     mt = command("maintenance", "maintenance mode on or off")
     mt.add_argument("state", choices=("on", "off"))
+    release.add_arguments(command("release", release.HELP))
     return p
 
 
@@ -474,6 +481,7 @@ COMMANDS = {
     "rollback": cmd_rollback,
     "deploy": cmd_deploy,
     "maintenance": cmd_maintenance,
+    "release": cmd_release,
 }
 
 
