@@ -211,16 +211,16 @@ def check_registry(host: str) -> None:
 
 
 def registry_digest(build: Build) -> str | None:
-    """The digest the registry serves for the build's tag (None when it wants credentials)."""
+    """The digest the registry serves for the build's tag; None without one (or credentials)."""
     import httpx
 
     url = f"{registry_url(build.registry)}/v2/{build.repository}/manifests/{build.tag}"
     resp = httpx.head(url, headers={"Accept": ", ".join(MANIFEST_TYPES)}, timeout=30)
-    if resp.status_code in (401, 403):
+    if resp.status_code in (401, 403, 404):
         return None
     digest = resp.headers.get("Docker-Content-Digest")
     if resp.status_code != 200 or not digest:
-        msg = f"registry {build.registry} has no {build.ref} after the push ({resp.status_code})"
+        msg = f"registry {build.registry} answered {resp.status_code} for {build.ref}"
         raise OpsError(msg)
     return str(digest)
 
@@ -307,6 +307,12 @@ def run(
             msg = f"git archive {commit.tree} failed: {packed.stderr.strip()}"
             raise OpsError(msg)
         for build in builds:
+            # A commit is built once: a retried release pins what the registry already holds.
+            known = registry_digest(build)
+            if known:
+                say(f"{build.ref} is in the registry already: pinning it as it is")
+                digests[build.service] = known
+                continue
             say(f"building and pushing {build.ref}")
             digests[build.service] = build_and_push(build, archive, args.dockerfile, commit)
     remove, pairs = config_changes(images, builds, digests)

@@ -205,3 +205,10 @@ def test_release_of_one_service_without_deploy_pins_only_it(
         k: v for k, v in before.items() if k != "gateway"
     }
     assert {s: c["Id"] for s, c in rel.containers().items()} == containers
+
+    again = rel.appstack(
+        "release", "--source", str(source), "--registry", registry,
+        "--services", "gateway", "--no-deploy",
+    )  # fmt: skip
+    assert again.code == 0 and "in the registry already" in again.stderr, again.text[-6000:]
+    assert _images(rel) == after
