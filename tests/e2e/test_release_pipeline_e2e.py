@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tests.e2e.stack import ROOT, Stack, docker, start_ollama, wait_http
 
 pytestmark = pytest.mark.e2e
 REGISTRY_BIN = Path("/usr/bin/docker-registry")
+STACK, PORT = "rpl", 18787  # a name and port of its own: e2e files run side by side
 SERVICES = ("gateway", "catalog", "search", "worker")
 
 
@@ -89,14 +91,14 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def rel(tmp_path_factory: pytest.TempPathFactory, registry: str) -> Iterator[Stack]:
-    """A fresh dev-like Haven stack `rel` (images from Pulumi.dev.yaml until released).
+    """A fresh dev-like Haven stack (images from Pulumi.dev.yaml until released).
 
     It asks for the registry so that it is destroyed before the registry's teardown.
     """
     assert registry
     _require_engines()
-    stack = Stack.create(tmp_path_factory.mktemp("rel"), "rel", 18787, {})
-    ollama = "appstack-rel-ollama"
+    stack = Stack.create(tmp_path_factory.mktemp(STACK), STACK, PORT, {})
+    ollama = f"appstack-{STACK}-ollama"
     start_ollama(stack.ollama_network, ollama)
     try:
         yield stack
@@ -153,7 +155,18 @@ def test_release_builds_pushes_pins_digests_and_deploys_them(
     rel: Stack, registry: str, source: Path
 ) -> None:
     short = _git(source, "rev-parse", "--short", "HEAD")
-    out = rel.appstack("release", "--source", str(source), "--registry", registry, "--json")
+    # The engine's pulls, watched live (its event buffer is too short to ask afterwards).
+    watch = subprocess.Popen(
+        ["docker", "events", "--filter", "type=image", "--filter", "event=pull",
+         "--format", "{{.Actor.ID}}"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        out = rel.appstack("release", "--source", str(source), "--registry", registry, "--json")
+    finally:
+        time.sleep(1)
+        watch.terminate()
+        pulls = watch.communicate(timeout=30)[0].split()
     assert out.code == 0, out.text[-6000:]
     report = json.loads(out.stdout)
     assert report["tag"] == short and report["commit"] == _git(source, "rev-parse", "HEAD")
@@ -171,10 +184,11 @@ def test_release_builds_pushes_pins_digests_and_deploys_them(
         # The build tag left the engine: the deploy pulled the image by digest from the registry.
         pinned = f"{registry}/{repository}@{digest}"
         assert docker("image", "ls", "-q", f"{registry}/{repository}:{short}") == ""
+        assert pinned in pulls, pulls
         docker("pull", pinned)
         assert running[svc]["Image"] == docker("image", "inspect", "-f", "{{.Id}}", pinned)
         assert running[svc]["State"]["Running"], svc
-        image = rel.resource_outputs(f"::rel-haven-{svc}-image")
+        image = rel.resource_outputs(f"::{STACK}-haven-{svc}-image")
         assert (image["ref"], image["image_id"]) == (pinned, running[svc]["Image"])
     # Data stores and the edge keep the stack's own images.
     assert images["postgres"]["registry"] == "appstack.local"
