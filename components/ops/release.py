@@ -19,7 +19,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -215,7 +214,11 @@ def registry_digest(build: Build) -> str | None:
     import httpx
 
     url = f"{registry_url(build.registry)}/v2/{build.repository}/manifests/{build.tag}"
-    resp = httpx.head(url, headers={"Accept": ", ".join(MANIFEST_TYPES)}, timeout=30)
+    try:
+        resp = httpx.head(url, headers={"Accept": ", ".join(MANIFEST_TYPES)}, timeout=30)
+    except httpx.HTTPError as exc:
+        msg = f"registry {build.registry}: asking for {build.ref} failed ({exc})"
+        raise OpsError(msg) from None
     if resp.status_code in (401, 403, 404):
         return None
     digest = resp.headers.get("Docker-Content-Digest")
@@ -226,9 +229,13 @@ def registry_digest(build: Build) -> str | None:
 
 
 def _docker(*args: str, stdin: Any = None, env: Mapping[str, str] | None = None) -> str:
-    proc = subprocess.run(
-        ["docker", *args], stdin=stdin, text=True, capture_output=True, check=False, env=env
-    )
+    try:
+        proc = subprocess.run(
+            ["docker", *args], stdin=stdin, text=True, capture_output=True, check=False, env=env
+        )
+    except FileNotFoundError:
+        msg = "the docker CLI is not on PATH: a release builds and pushes with it"
+        raise OpsError(msg) from None
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip()[-2000:]
         msg = f"`docker {' '.join(args[:2])} ...` failed (exit {proc.returncode}): {detail}"
@@ -282,13 +289,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restore-backup", action="store_true", help=argparse.SUPPRESS)
 
 
-def run(
-    args: argparse.Namespace,
-    stack: Pulumi,
-    deploy: Callable[[argparse.Namespace], int],
-    say: Callable[[str], None],
-) -> int:
-    """Check every input, then build, push and pin each image, then ``deploy``."""
+@dataclass(frozen=True)
+class Release:
+    """A checked release: what to build from which commit, and the stack's images before it."""
+
+    source: Path
+    commit: Commit
+    builds: list[Build]
+    images: Mapping[str, Any]
+
+
+def prepare(args: argparse.Namespace, stack: Pulumi) -> Release:
+    """Every input checked (services, source, ref, Dockerfile, registries, engine); no change."""
     config = stack.config()
     app = str(config.get("appstack:app") or "haven")
     images = config.get("appstack:images") or {}
@@ -298,15 +310,25 @@ def run(
     builds = plan(app, images, names, commit.short, args.registry)
     for host in sorted({b.registry for b in builds}):
         check_registry(host)
-    _docker("version", "--format", "{{.Server.Version}}")
+    try:
+        _docker("version", "--format", "{{.Server.Version}}")
+    except OpsError as exc:
+        host = os.environ.get("DOCKER_HOST", "the default socket")
+        msg = f"no Docker engine to build on ({host}): {exc}"
+        raise OpsError(msg, 2) from None
+    return Release(source, commit, builds, images)
+
+
+def publish(release: Release, dockerfile: str, say: Callable[[str], None]) -> dict[str, str]:
+    """Each image built and pushed (or found in the registry already): its digest by service."""
     digests: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="appstack-release-") as tmp:
         archive = Path(tmp) / "source.tar"
-        packed = _git(source, "archive", "-o", str(archive), commit.tree)
+        packed = _git(release.source, "archive", "-o", str(archive), release.commit.tree)
         if packed.returncode != 0:
-            msg = f"git archive {commit.tree} failed: {packed.stderr.strip()}"
+            msg = f"git archive {release.commit.tree} failed: {packed.stderr.strip()}"
             raise OpsError(msg)
-        for build in builds:
+        for build in release.builds:
             # A commit is built once: a retried release pins what the registry already holds.
             known = registry_digest(build)
             if known:
@@ -314,19 +336,34 @@ def run(
                 digests[build.service] = known
                 continue
             say(f"building and pushing {build.ref}")
-            digests[build.service] = build_and_push(build, archive, args.dockerfile, commit)
-    remove, pairs = config_changes(images, builds, digests)
+            digests[build.service] = build_and_push(build, archive, dockerfile, release.commit)
+    return digests
+
+
+def pin(stack: Pulumi, release: Release, digests: Mapping[str, str]) -> dict[str, str]:
+    """``appstack:images.<svc>`` = ``{registry, repository, digest}``; the pinned references."""
+    remove, pairs = config_changes(release.images, release.builds, digests)
     if remove:
         stack.run("config", "rm-all", "--path", *remove)
     stack.run("config", "set-all", "--path", *[a for p in pairs for a in ("--plaintext", p)])
-    pinned = {b.service: f"{b.registry}/{b.repository}@{digests[b.service]}" for b in builds}
-    report = {"commit": commit.sha, "tag": commit.short, "images": pinned}
-    print(json.dumps(report, indent=2) if args.json else _describe(report))
-    sys.stdout.flush()
+    return {b.service: f"{b.registry}/{b.repository}@{digests[b.service]}" for b in release.builds}
+
+
+def run(
+    args: argparse.Namespace,
+    stack: Pulumi,
+    deploy: Callable[[argparse.Namespace], int],
+    say: Callable[[str], None],
+) -> int:
+    """Check every input, then build, push and pin each image, then ``deploy``."""
+    release = prepare(args, stack)
+    pinned = pin(stack, release, publish(release, args.dockerfile, say))
+    report = {"commit": release.commit.sha, "tag": release.commit.short, "images": pinned}
+    print(json.dumps(report, indent=2) if args.json else _describe(report), flush=True)
     if args.no_deploy:
-        say(f"pinned {len(pinned)} images of {commit.short}; not deployed (--no-deploy)")
+        say(f"pinned {len(pinned)} images of {release.commit.short}; not deployed (--no-deploy)")
         return 0
-    say(f"deploying {commit.short}")
+    say(f"deploying {release.commit.short}")
     return deploy(args)
 
 

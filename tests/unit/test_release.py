@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlparse
 
 import pytest
 
@@ -18,9 +22,11 @@ from components.ops.release import (
     registry_url,
     repository_of,
     resolve,
+    run,
     services,
 )
-from components.ops.stack import OpsError
+from components.ops.stack import OpsError, Pulumi
+from tests.unit.harness import answering
 
 DIGEST = "sha256:" + "ab" * 32
 DEV_IMAGES = {
@@ -203,3 +209,60 @@ def test_a_build_pins_its_own_registry_and_repository() -> None:
         "repository": "haven-gateway",
         "digest": DIGEST,
     }
+
+
+@pytest.fixture
+def registry() -> Iterator[str]:
+    """A stand-in answering the registry API's version check (``GET /v2/`` 200)."""
+    with answering(200) as url:
+        yield urlparse(url).netloc
+
+
+class _Stack:
+    """What ``run`` uses of a stack, recording every Pulumi command."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.calls: list[tuple[str, ...]] = []
+
+    def config(self) -> dict[str, Any]:
+        return {"appstack:app": "haven", "appstack:images": DEV_IMAGES}
+
+    def run(self, *args: str, **_kw: Any) -> None:
+        self.calls.append(args)
+
+
+@pytest.mark.parametrize(
+    ("argv", "docker_host", "message"),
+    [
+        (["--services", "gateway,frontend"], None, "unknown service frontend"),
+        (["--ref", "nope"], None, "--ref 'nope' is not a commit"),
+        (["--registry", "127.0.0.1:1"], None, "registry 127.0.0.1:1 is unreachable"),
+        ([], "unix:///nonexistent/docker.sock", "no Docker engine to build on"),
+    ],
+)
+def test_bad_input_changes_nothing_and_deploys_nothing(
+    tmp_path: Path,
+    registry: str,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    docker_host: str | None,
+    message: str,
+) -> None:
+    if docker_host:
+        monkeypatch.setenv("DOCKER_HOST", docker_host)
+    repo = _repo(tmp_path)
+    stack = _Stack(repo)
+    args = parser().parse_args(
+        ["release", "--stack", "dev", "--source", str(repo / "app"), "--registry", registry, *argv]
+    )
+    deployed: list[argparse.Namespace] = []
+
+    def deploy(a: argparse.Namespace) -> int:
+        deployed.append(a)
+        return 0
+
+    with pytest.raises(OpsError) as err:
+        run(args, cast(Pulumi, stack), deploy, lambda _m: None)
+    assert err.value.code == 2 and message in str(err.value)
+    assert stack.calls == [] and deployed == []
