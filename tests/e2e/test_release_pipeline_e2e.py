@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from components.ops.release import MANIFEST_TYPES
-from tests.e2e.conftest import _require_engines, cleanup
-from tests.e2e.stack import ROOT, Stack, docker, start_ollama, wait_http
+from tests.e2e.conftest import haven_stack
+from tests.e2e.stack import ROOT, Stack, docker, wait_http
 
 pytestmark = pytest.mark.e2e
 REGISTRY_BIN = Path("/usr/bin/docker-registry")
@@ -96,14 +96,8 @@ def rel(tmp_path_factory: pytest.TempPathFactory, registry: str) -> Iterator[Sta
     It asks for the registry so that it is destroyed before the registry's teardown.
     """
     assert registry
-    _require_engines()
-    stack = Stack.create(tmp_path_factory.mktemp(STACK), STACK, PORT, {})
-    ollama = f"appstack-{STACK}-ollama"
-    start_ollama(stack.ollama_network, ollama)
-    try:
+    with haven_stack(tmp_path_factory.mktemp(STACK), STACK, PORT) as stack:
         yield stack
-    finally:
-        cleanup(stack, ollama)
 
 
 def _images(stack: Stack) -> dict[str, Any]:
