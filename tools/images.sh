@@ -6,6 +6,7 @@
 #   tools/images.sh tags                  print the Haven test tags
 #   tools/images.sh engramia-tags         print the Engramia test tags
 #   tools/images.sh names                 print the buildable names
+#   tools/images.sh haven-source TAG DIR  write Haven's source at TAG into DIR (Dockerfile at its root)
 #
 # Every image is derived from ONE Debian trixie rootfs made with debootstrap and imported as
 # appstack.local/base:trixie-<hash8>. Each image carries the label appstack.inputs-hash (a
@@ -244,32 +245,46 @@ haven_schema_files() { # tag -> relative schema paths from the manifest
   awk -v t="$1" '!/^#/ && NF>=2 && $1==t { for (i=2;i<=NF;i++) print $i }' "$APP_DIR/schema/MANIFEST"
 }
 
-build_haven() { # build_haven TAG
-  local tag="$1" ctx svc
+haven_context() { # haven_context TAG DIR: assemble Haven's build context for TAG into DIR
+  local tag="$1" ctx="$2" f
   grep -qE "^$tag( |$)" "$APP_DIR/schema/MANIFEST" || { STEP="haven $tag: tag missing from schema MANIFEST"; return 1; }
-  ctx="$(tmp_ctx)"
   step "haven $tag: assemble build context"
   cp "$IMG_DIR/haven/Dockerfile" "$ctx/Dockerfile"
   mkdir -p "$ctx/app/schema/migrations" "$ctx/app/fixtures"
   cp "$APP_DIR"/*.py "$ctx/app/"
   cp "$APP_DIR/healthcheck.sh" "$ctx/haven-healthcheck"
-  local f
   while read -r f; do
     [ -n "$f" ] || continue
-    [ -f "$APP_DIR/schema/$f" ] || { STEP="haven $tag: schema file $f missing"; rm -rf "$ctx"; return 1; }
+    [ -f "$APP_DIR/schema/$f" ] || { STEP="haven $tag: schema file $f missing"; return 1; }
     case "$f" in
       */init.sql) cp "$APP_DIR/schema/$f" "$ctx/app/schema/init.sql" ;;
       migrations/*) cp "$APP_DIR/schema/$f" "$ctx/app/schema/migrations/" ;;
       *) cp "$APP_DIR/schema/$f" "$ctx/app/schema/" ;;
     esac
   done < <(haven_schema_files "$tag")
-  [ -f "$ctx/app/schema/init.sql" ] || { STEP="haven $tag: no init.sql in MANIFEST"; rm -rf "$ctx"; return 1; }
+  [ -f "$ctx/app/schema/init.sql" ] || { STEP="haven $tag: no init.sql in MANIFEST"; return 1; }
   cp "$APP_DIR/schema/legacy/v1_init.sql" "$ctx/app/fixtures/v1_init.sql"
+}
+
+build_haven() { # build_haven TAG
+  local tag="$1" ctx svc
+  ctx="$(tmp_ctx)"
+  haven_context "$tag" "$ctx" || { rm -rf "$ctx"; return 1; }
   for svc in "${HAVEN_SERVICES[@]}"; do
     docker_build "appstack.local/haven-$svc:$tag" "$ctx" \
       --build-arg "SERVICE=$svc" --build-arg "HAVEN_VERSION=$tag" || { rm -rf "$ctx"; return 1; }
   done
   rm -rf "$ctx"
+}
+
+haven_source() { # haven_source TAG DIR: Haven's source as its own repository has it (Dockerfile at
+  # the root, building with a plain `docker build --build-arg SERVICE=...`): the context of TAG,
+  # its base image pinned as the Dockerfile's default (`appstack release` e2e).
+  local tag="$1" dir="$2"
+  mkdir -p "$dir"
+  haven_context "$tag" "$dir"
+  sed -i "s|^ARG BASE\$|ARG BASE=$(base_ref)|; s|^ARG HAVEN_VERSION=dev\$|ARG HAVEN_VERSION=$tag|" "$dir/Dockerfile"
+  STEP="done"
 }
 
 engramia_release() { # tag -> "app_version head writes_tags" from the RELEASES manifest
@@ -476,5 +491,6 @@ case "${1:-}" in
   tags) printf '%s\n' "${HAVEN_TAGS[@]}" ;;
   engramia-tags) printf '%s\n' "${ENGRAMIA_TAGS[@]}" ;;
   names) names ;;
-  *) echo "usage: $0 build [all|NAME...] | list | tags | engramia-tags | names" >&2; exit 2 ;;
+  haven-source) shift; haven_source "$@" ;;
+  *) echo "usage: $0 build [all|NAME...] | list | tags | engramia-tags | names | haven-source TAG DIR" >&2; exit 2 ;;
 esac

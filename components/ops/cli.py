@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from components.ops import release
 from components.ops.stack import (
     CONTAINER_TYPE,
     MIGRATION_TYPE,
@@ -479,6 +480,11 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    """``appstack release``: images built and pinned at one commit, then `deploy` (release.py)."""
+    return release.run(args, _stack(args), deploy=cmd_deploy, say=say)
+
+
 def parser() -> argparse.ArgumentParser:
     """The CLI's arguments."""
     p = argparse.ArgumentParser(
@@ -514,6 +520,7 @@ def parser() -> argparse.ArgumentParser:
     lg.add_argument("--since", help="a duration (90s, 10m, 2h, 1d) or an ISO 8601 time")
     mt = command("maintenance", "maintenance mode on or off")
     mt.add_argument("state", choices=("on", "off"))
+    release.add_arguments(command("release", release.HELP))
     return p
 
 
@@ -524,6 +531,7 @@ COMMANDS = {
     "deploy": cmd_deploy,
     "logs": cmd_logs,
     "maintenance": cmd_maintenance,
+    "release": cmd_release,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,15 +43,21 @@ def cleanup(stack: Stack, ollama: str = "", app: str = "haven") -> None:
         docker("network", "rm", stack.ollama_network, check=False)
 
 
-@pytest.fixture(scope="module")
-def haven(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A fresh stack (named after the module) deploying Haven's test images."""
+@contextmanager
+def haven_stack(tmp: Path, name: str, port: int) -> Iterator[Stack]:
+    """A fresh Haven stack with its Ollama stand-in; what it left on the engine removed after."""
     _require_engines()
-    tmp: Path = tmp_path_factory.mktemp("stack")
-    stack = Stack.create(tmp, "e2e", 18181, {})
+    stack = Stack.create(tmp, name, port, {})
     ollama = f"appstack-{stack.name}-ollama"
     start_ollama(stack.ollama_network, ollama)
     try:
         yield stack
     finally:
         cleanup(stack, ollama)
+
+
+@pytest.fixture(scope="module")
+def haven(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A fresh stack (named after the module) deploying Haven's test images."""
+    with haven_stack(tmp_path_factory.mktemp("stack"), "e2e", 18181) as stack:
+        yield stack

@@ -1,4 +1,4 @@
-"""Runs the real ``__main__.py`` under Pulumi mocks and records every registration."""
+"""Runs the real ``__main__.py`` under Pulumi mocks (every registration recorded); HTTP stubs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import asyncio
 import hashlib
 import json
 import runpy
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +196,26 @@ def run(
 
     main()
     return program
+
+
+@contextmanager
+def answering(status: int) -> Iterator[str]:
+    """A local HTTP server whose every GET answers ``status``; yields its /v1/health URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/health"
+    finally:
+        server.shutdown()
+        server.server_close()

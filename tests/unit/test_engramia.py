@@ -5,16 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from components.apps.engramia import DEEP_HEALTH_TIMEOUT_S
-from tests.unit.harness import Program, run, unwrap
+from tests.unit.harness import Program, answering, run, unwrap
 
 CONTAINER = "pulumi-python:dynamic/docker:Container"
 VOLUME = "pulumi-python:dynamic/docker:Volume"
@@ -198,29 +194,6 @@ def test_prod_refuses_a_single_api_replica_naming_the_key() -> None:
             secrets=ENGRAMIA_SECRETS,
             overrides={"appstack:services": {"api": {"replicas": 1}, "caddy": {"replicas": 2}}},
         )
-
-
-@contextmanager
-def answering(status: int) -> Iterator[str]:
-    """A local HTTP server whose every GET answers ``status``; yields its /v1/health URL."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1/health"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.parametrize(
