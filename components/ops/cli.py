@@ -1,4 +1,4 @@
-"""``appstack``: the operator CLI (status, history, rollback, deploy, logs, maintenance).
+"""``appstack``: the operator CLI (status, history, rollback, deploy, release, logs, maintenance).
 
 Exit codes: 0 done; 1 a step failed; 2 bad input (unknown stack, entry out of range, entry that
 failed); 3 refused (confirmation missing, or the schema moved and --restore-backup was not given);
@@ -489,7 +489,8 @@ def parser() -> argparse.ArgumentParser:
     """The CLI's arguments."""
     p = argparse.ArgumentParser(
         prog="appstack",
-        description="Operate appstack stacks: status, history, rollback, deploy, maintenance.",
+        description="Operate appstack stacks: status, history, rollback, deploy, release, logs, "
+        "maintenance.",
         epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
