@@ -21,7 +21,6 @@ import yaml
 
 from components.ops import release
 from components.ops.stack import (
-    CONTAINER_TYPE,
     MIGRATION_TYPE,
     Entry,
     OpsError,
@@ -70,22 +69,33 @@ def _when(seconds: int) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Each service's image and health, and the last migration and backup.
+    """Each service's image and health, the last migration, backup and smoke test, the alerts.
 
-    Docker: each container's health from the engine. Kubernetes: each Deployment and StatefulSet
-    as the cluster has it now (components/ops/kube.py).
+    Docker: each container as the engine has it (health, restarts, a failing probe's output), and
+    the alerts firing in the stack's Prometheus. Kubernetes: each Deployment and StatefulSet as the
+    cluster has it now (components/ops/kube.py).
     """
+    from components.ops import docker_status
+
     stack = _stack(args)
     deployment, config = stack.export(), stack.config()
+    alerts = None
     if platform(config, args.stack) == "kubernetes":
         from components.ops import kube
 
         services = kube.read(kube.workloads(deployment), kube.context(config))
         lines = [kube.describe(svc) for svc in services]
     else:
-        services = _containers(deployment)
-        lines = [f"{svc['name']:<32} {svc['health']:<10} {svc['image']}" for svc in services]
-    report = {"stack": args.stack, "services": services, "migration": migration_state(deployment)}
+        services = docker_status.containers(deployment)
+        lines = [_docker_line(svc) for svc in services]
+        alerts = docker_status.firing_alerts(deployment)
+    report = {
+        "stack": args.stack,
+        "services": services,
+        "migration": migration_state(deployment),
+        "smoke": docker_status.last_smoke(deployment),
+        "alerts": alerts,
+    }
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -97,25 +107,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"last backup: {mig['backup_id'] or '(none)'}  ran at {mig['ran_at']}")
         if mig.get("revision"):
             print(f"schema revision: {mig['revision']}")
+    smoke = report["smoke"]
+    if smoke:
+        print(f"last smoke test passed at {smoke['checked_at']}: {', '.join(smoke['passed'])}")
+    if alerts is not None:
+        firing = [f"{a['alert']} ({a['labels'] or a['severity']})" for a in alerts]
+        print(f"alerts firing: {', '.join(firing) or 'none'}")
     return 0
 
 
-def _containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each container's name, image and health as the Docker engine reports it."""
-    from components.providers.engine import client
-
-    services = []
-    for res in resources(deployment, CONTAINER_TYPE):
-        out = res.get("outputs") or {}
-        health = "missing"
-        try:
-            with client(out.get("docker_host")) as docker_client:
-                state = docker_client.containers.get(out.get("container_id")).attrs["State"]
-                health = state.get("Health", {}).get("Status") or state.get("Status", "?")
-        except Exception as exc:  # the engine's answer is the status: report it, don't crash
-            health = f"unknown ({type(exc).__name__})"
-        services.append({"name": out.get("name"), "image": out.get("image"), "health": health})
-    return services
+def _docker_line(svc: dict[str, Any]) -> str:
+    line = f"{svc['name']:<32} {svc['health']:<10} restarts={svc['restarts']:<3} {svc['image']}"
+    if svc.get("last_probe"):
+        line += f"\n{'':<32} last probe: {svc['last_probe']}"
+    return line
 
 
 def history(stack: Pulumi) -> list[Entry]:

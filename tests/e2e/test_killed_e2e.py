@@ -40,8 +40,9 @@ def kil(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def _worker_state(stack: Stack) -> str:
-    worker = stack.containers().get("worker")
-    return str(worker["State"]["Status"]) if worker else "missing"
+    """The newest worker release's state (task containers of a migration carry no service)."""
+    releases = sorted(stack.releases("worker"), key=lambda c: str(c["Created"]))
+    return str(releases[-1]["State"]["Status"]) if releases else "missing"
 
 
 def _dangling() -> set[str]:

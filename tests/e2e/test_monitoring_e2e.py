@@ -125,6 +125,17 @@ def test_storage_over_budget_fires(mon: Stack) -> None:
     am = mon.containers()["alertmanager"]["Id"]
     out = docker("exec", am, "amtool", "alert", "query", "--alertmanager.url=http://127.0.0.1:9093")
     assert "DatabaseOverBudget" in out
+    # and the operator's status shows it, with each service's health and the last smoke test
+    status = mon.appstack("status", "--json")
+    assert status.code == 0, status.text
+    report = json.loads(status.stdout)
+    assert "DatabaseOverBudget" in [a["alert"] for a in report["alerts"]]
+    services = {s["name"]: s for s in report["services"]}
+    assert services["mon-haven-gateway"]["health"] == "healthy"
+    assert all(s["restarts"] == 0 for s in services.values()), services
+    assert report["smoke"]["passed"] and report["smoke"]["checked_at"]
+    text = mon.appstack("status").stdout
+    assert "alerts firing: " in text and "DatabaseOverBudget" in text
 
 
 def test_a_chunk_held_in_processing_fires_the_stall_alert(mon: Stack) -> None:

@@ -210,3 +210,28 @@ def test_logs_on_kubernetes_read_every_pod_of_the_workload() -> None:
     assert {"--all-pods=true", "--all-containers=true", "--prefix=true", "--tail=50"} <= set(args)
     assert "--since-time=2026-01-02T03:04:00Z" in args
     assert not [a for a in kubectl_logs_args("StatefulSet", "pg", None, None) if "tail" in a]
+
+
+def test_docker_status_rows_and_firing_alerts() -> None:
+    from components.ops.docker_status import container_row, parse_alerts
+
+    attrs = {
+        "RestartCount": 3,
+        "State": {
+            "Status": "running",
+            "StartedAt": "2026-11-25T10:00:00Z",
+            "Health": {"Status": "unhealthy", "Log": [{"ExitCode": 1, "Output": "refused\n"}]},
+        },
+    }
+    row = container_row("dev-haven-gateway", "x:1", attrs)
+    assert (row["health"], row["restarts"], row["last_probe"]) == ("unhealthy", 3, "refused")
+    healthy = {"State": {"Status": "running", "Health": {"Status": "healthy", "Log": [
+        {"ExitCode": 0, "Output": "ok"}]}}}  # fmt: skip
+    assert "last_probe" not in container_row("n", "i", healthy)
+    out = json.dumps([{"metric": {"__name__": "ALERTS", "alertname": "EdgeHigh5xxRate",
+                                  "alertstate": "firing", "severity": "page", "service": "gateway"},
+                       "value": [1, "1"]}])  # fmt: skip
+    assert parse_alerts(out) == [
+        {"alert": "EdgeHigh5xxRate", "severity": "page", "labels": "service=gateway"}
+    ]
+    assert parse_alerts("") == []
