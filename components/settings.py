@@ -18,6 +18,8 @@ from urllib.parse import urlparse
 import pulumi
 from pulumi.runtime.config import get_config, is_config_secret
 
+from components import config_reference
+
 NS = "appstack"
 
 # One defaults table: what differs between kinds of stack when Pulumi.<stack>.yaml is silent.
@@ -291,12 +293,8 @@ class Settings:
 # Every top-level `appstack:` key the settings read (secrets are listed per app above). A key in
 # config that is none of these is a typo or a leftover, refused by name before anything is
 # deployed (`tests/unit/test_settings.py` checks this table against what the code reads).
-CONFIG_KEYS = (
-    "environment", "app", "platform", "images", "public", "services", "ollama", "worker",
-    "qdrantCollection", "minioBucket", "generateSecrets", "protectVolumes", "keepBackups",
-    "pruneImages", "maintenance", "migrationBaseline", "migrationLockTimeout", "deployTimeout",
-    "dockerHost", "kubernetes", "engramia", "monitoring",
-)  # fmt: skip
+CONFIG_KEYS = tuple(dict.fromkeys(key.top for key in config_reference.KEYS))
+"""Every top-level ``appstack:`` key, from the configuration reference (README's table)."""
 
 
 class TrackedConfig(pulumi.Config):

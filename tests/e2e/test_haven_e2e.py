@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -242,29 +243,43 @@ def test_destroy_removes_containers_networks_and_unprotected_volumes(haven: Stac
     assert not [v for v in vols if v.startswith("e2e-haven-")], "dev volumes are not protected"
 
 
-def test_protected_volumes_survive_destroy_and_are_adopted_again(
+def test_protected_volumes_outlive_the_state_and_a_new_up_adopts_them_with_their_data(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    """Staging-like: secrets from config (a generated password would be lost with the state, and
+    the adopted database would refuse the new one), volumes protected and retained."""
+    from components.settings import APP_SECRETS
     from tests.e2e.conftest import cleanup
 
-    stack = Stack.create(
-        tmp_path_factory.mktemp("kept"), "kept", 18383, {"appstack:protectVolumes": "true"}
-    )
+    config = {"appstack:protectVolumes": "true", "appstack:generateSecrets": "false",
+              "appstack:monitoring": {"enabled": False}}  # fmt: skip
+    stack = Stack.create(tmp_path_factory.mktemp("kept"), "kept", 18383, config)
+    for key in APP_SECRETS["haven"]:
+        stack.set_config(f"appstack:{key}", f"kept-{key}-{secrets.token_hex(8)}", secret=True)
+    other = "kept-haven-qdrant-storage"
     start_ollama(stack.ollama_network, "appstack-kept-ollama")
     try:
         stack.up()
-        stack.psql("insert into documents (title) values ('outlives destroy')")
+        stack.psql("insert into documents (title) values ('outlives the state')")
         plain = stack.pulumi("destroy", "--yes", "--skip-preview", "--stack", stack.name)
         assert plain.code != 0 and "protected" in plain.text, "protect stops a plain destroy"
-        stack.pulumi(
-            "destroy", "--yes", "--skip-preview", "--exclude-protected", "--stack", stack.name,
-            check=True,
-        )  # fmt: skip
+        # Every resource leaves the state; the protected volumes are retained on the engine.
+        stack.pulumi("state", "unprotect", "--all", "--yes", "--stack", stack.name, check=True)
+        stack.pulumi("destroy", "--yes", "--skip-preview", "--stack", stack.name, check=True)
+        assert stack.export()["deployment"].get("resources") in (None, [])
         assert stack.containers() == {}
         vols = docker("volume", "ls", "--format", "{{.Name}}").split()
-        assert {"kept-haven-postgres-pgdata", "kept-haven-backups"} <= set(vols)
-        stack.up()
-        assert "outlives destroy" in stack.psql("select title from documents")
+        assert {"kept-haven-postgres-pgdata", "kept-haven-backups", other} <= set(vols)
+        # A volume of that name labelled for another stack is refused, naming it.
+        docker("volume", "rm", other)
+        docker("volume", "create", "--label", "appstack.stack=someone-else", other)
+        refused = stack.up(check=False)
+        assert refused.code != 0
+        assert f"volume {other} already exists and is not this stack's" in refused.text
+        docker("volume", "rm", other)
+        adopted = stack.up(check=False)
+        assert adopted.code == 0, adopted.text[-3000:]
+        assert "outlives the state" in stack.psql("select title from documents")
     finally:
         stack.pulumi("state", "unprotect", "--all", "--yes", "--stack", stack.name)
         cleanup(stack, "appstack-kept-ollama")

@@ -400,13 +400,30 @@ def test_the_key_table_covers_every_key_the_settings_read(stack: str) -> None:
     assert tracked.read <= settings.known_keys(), tracked.read - settings.known_keys()
 
 
-def test_every_config_key_is_in_the_readme_reference() -> None:
-    from components.settings import CONFIG_KEYS
+def test_the_readme_reference_is_generated_from_the_code_and_has_not_drifted() -> None:
+    from components import config_reference
+    from components.settings import CONFIG_KEYS, ENVIRONMENT_DEFAULTS
     from tests.unit.harness import ROOT
 
     readme = (ROOT / "README.md").read_text()
-    reference = readme[readme.index("## Configuration reference") :]
-    missing = [
-        k for k in CONFIG_KEYS if f"| `{k}`" not in reference and f"| `{k}." not in reference
-    ]
-    assert missing == [], f"keys missing from the README's configuration reference: {missing}"
+    assert config_reference.readme_table(readme) == config_reference.render(), (
+        "run python -m components.config_reference --write"
+    )
+    assert config_reference.main([]) == 0
+    # Every key the settings validate against has its row; defaults come from the code's table.
+    rendered = config_reference.render()
+    assert [k for k in CONFIG_KEYS if f"| `{k}" not in rendered] == []
+    keep = ENVIRONMENT_DEFAULTS["staging"]["keepBackups"]
+    assert f"| `keepBackups` | int | dev 3, staging {keep}, prod 14 |" in rendered
+    assert "`engramia`" in rendered and "`apiKeys`" in rendered  # the secrets row, from APP_SECRETS
+
+
+def test_a_changed_default_shows_up_as_drift(monkeypatch: pytest.MonkeyPatch) -> None:
+    from components import config_reference, settings
+    from tests.unit.harness import ROOT
+
+    changed = {**settings.ENVIRONMENT_DEFAULTS["dev"], "keepBackups": 4}
+    monkeypatch.setitem(settings.ENVIRONMENT_DEFAULTS, "dev", changed)
+    readme = (ROOT / "README.md").read_text()
+    assert config_reference.readme_table(readme) != config_reference.render()
+    assert config_reference.main([]) == 1
