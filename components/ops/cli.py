@@ -355,7 +355,7 @@ def rollback(args: argparse.Namespace, stack: Pulumi, entries: list[Entry], targ
         _downgrade(stack, args, entries, target, plan["revision"])
         _set_images(stack, target)
         say("pulumi up (smoke tests run as its last step; they close the maintenance window)")
-        stack.run("up", "--yes", "--skip-preview", stream=not args.json)
+        _up(stack)
         say(f"rolled back to entry {target.number}")
         return 0
     if plan["schema_moved"] and not args.restore_backup:
@@ -374,7 +374,7 @@ def rollback(args: argparse.Namespace, stack: Pulumi, entries: list[Entry], targ
         _reset_chunks(stack)
     _set_images(stack, target)
     say("pulumi up (smoke tests run as its last step)")
-    stack.run("up", "--yes", "--skip-preview", stream=not args.json)
+    _up(stack)
     say(f"rolled back to entry {target.number}")
     return 0
 
@@ -414,12 +414,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="appstack-deploy-") as tmp:
         log = Path(tmp) / "events.jsonl"
-        # --event-log: the engine's structured events decide the outcome, never the output's
-        # text (the flag needs PULUMI_DEBUG_COMMANDS, as the Automation API sets it).
-        proc = stack.run(
-            "up", "--yes", "--skip-preview", "--event-log", str(log),
-            check=False, env={"PULUMI_DEBUG_COMMANDS": "true"},
-        )  # fmt: skip
+        # The engine's structured events show the steps as they go and decide the outcome,
+        # never the output's text.
+        say("pulumi up (smoke tests run as its last step)")
+        proc = stack.up(log, _step)
         outcome = read_events(log) if log.exists() else None
     output = (proc.stdout or "") + (proc.stderr or "")
     if proc.returncode == 0:
@@ -476,11 +474,25 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _step(line: str) -> None:
+    say(f"  {line}")
+
+
+def _up(stack: Pulumi) -> None:
+    """`pulumi up`, its steps shown as they go; a failure raises with the output's tail."""
+    with tempfile.TemporaryDirectory(prefix="appstack-up-") as tmp:
+        proc = stack.up(Path(tmp) / "events.jsonl", _step)
+    if proc.returncode != 0:
+        msg = f"`pulumi up` failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}"
+        raise OpsError(msg)
+
+
 def cmd_maintenance(args: argparse.Namespace) -> int:
     """Maintenance on/off through config and `pulumi up`."""
     stack = _stack(args)
+    say(f"maintenance {args.state}: setting appstack:maintenance, then pulumi up")
     stack.run("config", "set", "appstack:maintenance", "true" if args.state == "on" else "false")
-    stack.run("up", "--yes", "--skip-preview", stream=not args.json)
+    _up(stack)
     say(f"maintenance {args.state}")
     return 0
 

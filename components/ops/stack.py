@@ -6,7 +6,9 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import Mapping, Sequence
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -63,6 +65,31 @@ class Pulumi:
             msg = f"`pulumi {' '.join(args)}` failed (exit {proc.returncode}): {detail}"
             raise OpsError(msg)
         return proc
+
+    def up(
+        self, log: Path, step: Callable[[str], None], env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``pulumi up`` that reports each resource step as it goes, from the engine's event log.
+
+        The output is kept (returned) for a failure's detail; ``log`` keeps the events, which
+        decide the outcome (``read_events``). ``--event-log`` needs ``PULUMI_DEBUG_COMMANDS``.
+        """
+        argv = ["pulumi", "up", "--yes", "--skip-preview", "--event-log", str(log),
+                "--stack", self.stack, "--non-interactive"]  # fmt: skip
+        environment = {**os.environ, "PULUMI_DEBUG_COMMANDS": "true", **(env or {})}
+        steps = StepFollower(log)
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as out:
+            proc = subprocess.Popen(argv, cwd=self.cwd, env=environment, stdout=out,
+                                    stderr=subprocess.STDOUT, text=True)  # fmt: skip
+            while proc.poll() is None:
+                for line in steps.new():
+                    step(line)
+                time.sleep(0.2)
+            for line in steps.new():
+                step(line)
+            out.seek(0)
+            text = out.read()
+        return subprocess.CompletedProcess(argv, proc.returncode, text, "")
 
     def json(self, *args: str) -> Any:
         """``pulumi ARGS --json`` parsed."""
@@ -286,6 +313,58 @@ class Outcome:
     smoke_failed: bool
     errors: tuple[str, ...]
     """The error diagnostics of the smoke test (or of the update, when smoke did not fail)."""
+
+
+_OPS = {"create": "creating", "update": "updating", "replace": "replacing",
+        "create-replacement": "creating the replacement of", "delete": "deleting",
+        "delete-replaced": "removing the replaced", "read": "reading"}  # fmt: skip
+
+
+def step_line(event: Mapping[str, Any], started: dict[str, float]) -> str | None:
+    """One engine event as an operator's step line (None: nothing to say, e.g. unchanged)."""
+    for key in ("resourcePreEvent", "resOutputsEvent", "resOpFailedEvent"):
+        meta = (event.get(key) or {}).get("metadata") or {}
+        op = str(meta.get("op") or "")
+        if not meta or op not in _OPS:
+            continue
+        urn = str(meta.get("urn") or "")
+        what = f"{str(meta.get('type', '')).rsplit(':', 1)[-1]} {urn.rsplit('::', 1)[-1]}"
+        now = time.monotonic()
+        if key == "resourcePreEvent":
+            started[urn] = now
+            return f"{_OPS[op]} {what} ..."
+        took = f" ({now - started.pop(urn, now):.1f}s)"
+        return f"{what}: {'done' if key == 'resOutputsEvent' else 'FAILED'}{took}"
+    return None
+
+
+class StepFollower:
+    """Reads an event log while it is written: complete lines only, from where it left off."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.started: dict[str, float] = {}
+
+    def new(self) -> list[str]:
+        """Step lines of the events written since the last call."""
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        lines = []
+        for raw in data[:end].splitlines():
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            line = step_line(event, self.started)
+            if line:
+                lines.append(line)
+        return lines
 
 
 def read_events(path: Path) -> Outcome:

@@ -257,6 +257,9 @@ def test_a_wrong_version_release_fails_its_smoke_test_and_deploy_rolls_back(eng:
     assert out.code == 4, out.text[-4000:]
     assert "json 'app_version' = '0.6.2' (expected '0.6.4-wrongversion')" in out.text
     assert "rolling back to entry" in out.text
+    # Its steps were shown as they went, from the engine's events.
+    assert "updating SmokeTest eng-engramia-smoke ..." in out.stderr
+    assert "SmokeTest eng-engramia-smoke: FAILED (" in out.stderr
     assert eng.get("/v1/version").json()["app_version"] == "0.6.2"
     assert eng.containers()["api"]["Id"] != before, "a new container of the good release"
     # Its head is the database's revision: nothing pending, so no window and no backup.

@@ -235,3 +235,23 @@ def test_docker_status_rows_and_firing_alerts() -> None:
         {"alert": "EdgeHigh5xxRate", "severity": "page", "labels": "service=gateway"}
     ]
     assert parse_alerts("") == []
+
+
+def test_deploy_steps_come_from_the_event_log_as_it_is_written(tmp_path: Path) -> None:
+    from components.ops.stack import StepFollower
+
+    log = tmp_path / "events.jsonl"
+    follower = StepFollower(log)
+    assert follower.new() == [], "no log yet"
+    urn = "urn:pulumi:dev::appstack::pulumi-python:dynamic/ops:Migration::dev-haven-migration"
+    meta = {"op": "update", "urn": urn, "type": "pulumi-python:dynamic/ops:Migration"}
+    same = {**meta, "op": "same", "urn": urn + "x"}
+    pre = json.dumps({"resourcePreEvent": {"metadata": meta}})
+    log.write_text(json.dumps({"resourcePreEvent": {"metadata": same}}) + "\n" + pre + '\n{"res')
+    assert follower.new() == ["updating Migration dev-haven-migration ..."]
+    with log.open("a") as f:  # the half-written line completes, then the step ends
+        f.write(
+            'OutputsEvent": {}}\n' + json.dumps({"resOpFailedEvent": {"metadata": meta}}) + "\n"
+        )
+    (failed,) = follower.new()
+    assert failed.startswith("Migration dev-haven-migration: FAILED (")
