@@ -78,7 +78,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from components.ops import docker_status
 
     stack = _stack(args)
-    deployment, config = stack.export(), stack.config()
+    deployment, config = stack.export(secrets=True), stack.config()
     alerts = None
     if platform(config, args.stack) == "kubernetes":
         from components.ops import kube
@@ -94,6 +94,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "services": services,
         "migration": migration_state(deployment),
         "smoke": docker_status.last_smoke(deployment),
+        "app_health": docker_status.app_health(deployment),
         "alerts": alerts,
     }
     if args.json:
@@ -110,6 +111,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     smoke = report["smoke"]
     if smoke:
         print(f"last smoke test passed at {smoke['checked_at']}: {', '.join(smoke['passed'])}")
+    for answer in report["app_health"]:
+        print(f"{answer['path']}: {answer['status']} {answer['detail']}")
     if alerts is not None:
         firing = [f"{a['alert']} ({a['labels'] or a['severity']})" for a in alerts]
         print(f"alerts firing: {', '.join(firing) or 'none'}")

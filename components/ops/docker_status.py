@@ -24,7 +24,9 @@ def container_row(name: str, image: str, attrs: Mapping[str, Any]) -> dict[str, 
     row: dict[str, Any] = {
         "name": name,
         "image": image,
-        "health": health.get("Status") or state.get("Status", "?"),
+        # A stopped container keeps its last health status: its state is the answer then.
+        "health": (health.get("Status") if state.get("Status") == "running" else None)
+        or state.get("Status", "?"),
         "restarts": int(attrs.get("RestartCount") or 0),
         "started_at": state.get("StartedAt", ""),
     }
@@ -101,3 +103,65 @@ def firing_alerts(deployment: Mapping[str, Any]) -> list[dict[str, str]] | None:
             return [{"alert": "(prometheus did not answer)", "severity": "", "labels": ""}]
         return parse_alerts(stdout)
     return None
+
+
+def _summary(body: str) -> str:
+    """``ok`` / ``degraded (storage ok, llm error)``: a health answer's status and named checks."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:80]
+    if not isinstance(data, Mapping):
+        return str(data)[:80]
+    checks = data.get("checks")
+    named = ""
+    if isinstance(checks, Mapping):
+        named = ", ".join(
+            f"{name} {c.get('status') if isinstance(c, Mapping) else c}"
+            for name, c in sorted(checks.items())
+        )
+    status = str(data.get("status", ""))
+    return f"{status} ({named})" if named else status
+
+
+def app_health(deployment: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The app's own health answers, asked once at its public entry as its smoke test does.
+
+    Needs an export with secrets (the smoke test's bearer keys): Engramia's deep health per
+    check, Haven's health. Each answer: path, HTTP status, the status and named checks it gave.
+    """
+    import httpx
+
+    from components.ops.stack import plaintext
+    from components.providers.smoke import Check, tls_verify
+
+    found = resources(deployment, SMOKE_TYPE)
+    if not found:
+        return []
+    inputs = found[0].get("inputs") or {}
+    secrets = {str(k): str(v) for k, v in (plaintext(inputs.get("secrets")) or {}).items()}
+    headers = {str(k): str(v) for k, v in (plaintext(inputs.get("headers")) or {}).items()}
+    base = str(inputs.get("base_url", "")).rstrip("/")
+    answers = []
+    with httpx.Client(verify=tls_verify(str(inputs.get("ca_pem") or "") or None)) as client:
+        for raw in inputs.get("checks") or []:
+            check = Check.parse(raw)
+            if "health" not in check.path or check.expect_status != 200:
+                continue
+            sent = dict(headers)
+            if check.bearer_key and check.bearer_key in secrets:
+                sent["Authorization"] = f"Bearer {secrets[check.bearer_key]}"
+            try:
+                resp = client.get(base + check.path, headers=sent, timeout=check.timeout_s or 10)
+                answers.append(
+                    {
+                        "check": check.name,
+                        "path": check.path,
+                        "status": resp.status_code,
+                        "detail": _summary(resp.text),
+                    }
+                )
+            except httpx.HTTPError as exc:
+                answers.append({"check": check.name, "path": check.path, "status": None,
+                                "detail": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+    return answers

@@ -140,7 +140,7 @@ def run_check(
     return Outcome(False, ms, redact(detail, list(secrets.values())))
 
 
-def _verify(ca_pem: str | None) -> Any:
+def tls_verify(ca_pem: str | None) -> Any:
     """TLS verification: the system's trust store, plus the edge's own CA or certificate.
 
     A certificate given to the edge (it may be self-signed, or a leaf of a private CA) is trusted
@@ -171,7 +171,7 @@ def run_checks(
     pending = list(checks)
     delay = 0.25
     attempts = 0
-    with httpx.Client(follow_redirects=False, verify=_verify(ca_pem)) as client:
+    with httpx.Client(follow_redirects=False, verify=tls_verify(ca_pem)) as client:
         while True:
             attempts += 1
             for check in pending:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import _require_engines, cleanup
-from tests.e2e.stack import Result, Stack, Watch
+from tests.e2e.stack import Result, Stack, Watch, docker
 
 pytestmark = pytest.mark.e2e
 PORT = 18494
@@ -150,6 +150,30 @@ def test_logs_show_each_service_with_every_secret_redacted(eng: Stack) -> None:
     }
     unknown = eng.appstack("logs", "gateway")
     assert unknown.code == 2 and "unknown service 'gateway'; this stack runs: " in unknown.stderr
+
+
+def test_status_explains_health_and_shows_a_stopped_service(eng: Stack) -> None:
+    out = eng.appstack("status", "--json")
+    assert out.code == 0, out.text
+    report = json.loads(out.stdout)
+    deep = next(a for a in report["app_health"] if a["path"] == "/v1/health/deep")
+    assert deep["status"] == 200 and "storage ok" in deep["detail"], deep
+    assert "migration ok" in deep["detail"]
+    assert report["smoke"]["passed"] == ["version", "deep-health", "health-unauthorized"]
+    assert report["migration"]["revision"] == "003"
+    assert api_key(eng) not in out.stdout
+    api = eng.containers()["api"]["Id"]
+    docker("stop", api)
+    try:
+        stopped = json.loads(eng.appstack("status", "--json").stdout)
+        rows = {s["name"]: s for s in stopped["services"]}
+        assert rows["eng-engramia-api"]["health"] == "exited", rows["eng-engramia-api"]
+    finally:
+        docker("start", api)
+    deadline = time.monotonic() + 60
+    while eng.containers()["api"]["State"]["Health"]["Status"] != "healthy":
+        assert time.monotonic() < deadline, "the api did not get healthy again"
+        time.sleep(1)
 
 
 def test_tag_change_runs_the_runbook_in_a_maintenance_window_under_load(eng: Stack) -> None:

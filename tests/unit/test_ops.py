@@ -255,3 +255,10 @@ def test_deploy_steps_come_from_the_event_log_as_it_is_written(tmp_path: Path) -
         )
     (failed,) = follower.new()
     assert failed.startswith("Migration dev-haven-migration: FAILED (")
+
+
+def test_a_stopped_container_reports_its_state_not_its_last_health() -> None:
+    from components.ops.docker_status import container_row
+
+    attrs = {"State": {"Status": "exited", "Health": {"Status": "healthy", "Log": []}}}
+    assert container_row("n", "i", attrs)["health"] == "exited"
