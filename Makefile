@@ -69,3 +69,4 @@ bench-k8s: venv k8s-toolchain
 
 bench: venv
 	tools/env.sh .venv/bin/python bench/deploy.py
+	tools/env.sh .venv/bin/python bench/monitoring.py
