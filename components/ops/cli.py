@@ -212,7 +212,9 @@ def _restore(stack: Pulumi, backup_id: str) -> str:
 
     runner, target, password, quiescent, app = _db_access(stack)
     say("taking a fresh backup before restoring")
-    fresh = take_backup(runner, target, password, "pre-rollback", keep=max(5, len(quiescent) + 5))
+    keep = max(5, len(quiescent) + 5)
+    # protect: the pruning after this backup must never remove the one about to be restored.
+    fresh = take_backup(runner, target, password, "pre-rollback", keep=keep, protect=backup_id)
     say(f"fresh backup {fresh}; stopping {', '.join(quiescent) or 'nothing'}")
     runner.stop_containers(quiescent)
     try:
