@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from components.ops import release
+from components.ops import backup, release
 from components.ops.stack import (
     MIGRATION_TYPE,
     Entry,
@@ -487,6 +487,12 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """``appstack backup list | take | verify [NAME]`` (components/ops/backup.py)."""
+    stack = _stack(args)
+    return backup.run(args, _db_access(stack), keep=_keep(stack), say=say)
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     """``appstack release``: images built and pinned at one commit, then `deploy` (release.py)."""
     return release.run(args, _stack(args), deploy=cmd_deploy, say=say)
@@ -529,6 +535,7 @@ def parser() -> argparse.ArgumentParser:
     mt = command("maintenance", "maintenance mode on or off")
     mt.add_argument("state", choices=("on", "off"))
     release.add_arguments(command("release", release.HELP))
+    backup.add_arguments(command("backup", backup.HELP))
     return p
 
 
@@ -540,6 +547,7 @@ COMMANDS = {
     "logs": cmd_logs,
     "maintenance": cmd_maintenance,
     "release": cmd_release,
+    "backup": cmd_backup,
 }
 
 
