@@ -354,11 +354,13 @@ def rollback(args: argparse.Namespace, stack: Pulumi, entries: list[Entry], targ
     print(json.dumps(plan, indent=2) if args.json else _describe(plan))
     if plan["revision"]:
         _confirm(args, plan)
+        bucket = backup.measure(stack, say)
         _downgrade(stack, args, entries, target, plan["revision"])
         _set_images(stack, target)
         say("pulumi up (smoke tests run as its last step; they close the maintenance window)")
         stack.run("up", "--yes", "--skip-preview", stream=not args.json)
         say(f"rolled back to entry {target.number}")
+        backup.report(stack, bucket, say)
         return 0
     if plan["schema_moved"] and not args.restore_backup:
         msg = (
@@ -367,6 +369,7 @@ def rollback(args: argparse.Namespace, stack: Pulumi, entries: list[Entry], targ
         )
         raise OpsError(msg, 3)
     _confirm(args, plan)
+    bucket = backup.measure(stack, say)
     if plan["schema_moved"]:
         backup_id = _restore_point(entries, target)
         fresh = _restore(stack, backup_id)
@@ -378,6 +381,7 @@ def rollback(args: argparse.Namespace, stack: Pulumi, entries: list[Entry], targ
     say("pulumi up (smoke tests run as its last step)")
     stack.run("up", "--yes", "--skip-preview", stream=not args.json)
     say(f"rolled back to entry {target.number}")
+    backup.report(stack, bucket, say)
     return 0
 
 

@@ -1,4 +1,7 @@
-"""`appstack backup list | take | verify` on a real stack."""
+"""`appstack backup list | take | verify` on a real stack, and MinIO measured around a rollback.
+
+Release A = Haven 0.1.0; release B = gateway and catalog 0.2.0 (a new migration, so a backup).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from components.apps.haven import MC_ALIAS
+from components.ops.backup import bucket_task
+from components.ops.stack import plaintext
 from tests.e2e.conftest import haven_stack
 from tests.e2e.stack import Stack, docker
 
@@ -82,3 +88,28 @@ def test_verify_fails_on_a_truncated_backup_naming_it(bak: Stack) -> None:
     assert unreadable.code == 1, unreadable.text
     assert f"backup {name} does not restore" in unreadable.stderr
     assert _scratch_containers() == ""
+
+
+def _put_object(stack: Stack, key: str, body: str) -> None:
+    """Write one object into the stack's bucket, with MinIO's own `mc`, as Haven's gateway would."""
+    res = bucket_task(stack.export(secrets=True))
+    assert res is not None, "the stack has no bucket task"
+    inputs = res["inputs"]
+    env = {**inputs["env"], **plaintext(inputs["secret_env"])}
+    flags = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
+    script = f'{MC_ALIAS} && printf %s "{body}" | mc pipe "haven/$MINIO_BUCKET/{key}"'
+    docker("run", "--rm", "--network", f"{STACK}-haven-internal", *flags,
+           "--entrypoint", "sh", str(inputs["image"]), "-c", script)  # fmt: skip
+
+
+def test_rollback_reports_minio_object_count_before_and_after(bak: Stack) -> None:
+    _put_object(bak, "a.txt", "hello")
+    _put_object(bak, "b.txt", "world!")
+    bak.set_images("0.2.0", ("gateway", "catalog"))
+    bak.up()
+    out = bak.appstack("rollback", "--to", "1", "--yes", "--restore-backup")
+    assert out.code == 0, out.text
+    assert "minio haven-files: 2 objects, 11 bytes before" in out.stderr, out.stderr
+    assert "minio haven-files: 2 objects, 11 bytes after" in out.stderr, out.stderr
+    assert "WARNING" not in out.stderr
+    assert bak.get("/v1/healthz").json()["version"] == "0.1.0"
