@@ -555,6 +555,10 @@ done
 # after the backup (a table a later migration added) go too and the old schema comes back whole.
 RESTORE_SH = f"""f="$BACKUP_DIR/$BACKUP_ID"
 if [ ! -f "$f" ]; then echo "{MARK}NOBACKUP:$BACKUP_ID"; exit 4; fi
+if [ -f "$f{CHECKSUM_SUFFIX}" ] \
+   && [ "$(sha256sum "$f" | cut -d' ' -f1)" != "$(cut -d' ' -f1 "$f{CHECKSUM_SUFFIX}")" ]; then
+  echo "{MARK}CORRUPT:$BACKUP_ID"; exit 4
+fi
 {{
   printf '%s\\n' 'BEGIN;' 'DROP SCHEMA IF EXISTS public CASCADE;' 'CREATE SCHEMA public;'
   pg_restore --clean --if-exists --no-owner --no-acl -f - "$f"
@@ -618,6 +622,12 @@ def restore_backup(
     except TaskError as exc:
         if markers(exc.logs, "NOBACKUP"):
             msg = f"backup {backup_id} is not in volume {target.backup_volume}"
+            raise MigrationError(msg) from None
+        if markers(exc.logs, "CORRUPT"):
+            msg = (
+                f"backup {backup_id} is corrupt: its sha256 differs from the one recorded when it "
+                "was taken; nothing restored (`appstack backup list` shows the others)"
+            )
             raise MigrationError(msg) from None
         msg = f"restore of {backup_id} into {target.db_name} failed (rolled back): {exc}"
         raise MigrationError(msg) from None

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from components.ops import cli
-from components.providers.postgres import backup_files, list_backups, take_backup
+from components.providers.postgres import (
+    MigrationError,
+    backup_files,
+    list_backups,
+    restore_backup,
+    take_backup,
+)
 from components.providers.runner import LocalRunner
 from tests.providers.conftest import Db
 
@@ -61,3 +67,17 @@ def test_a_rollback_restore_never_prunes_the_backup_it_restores(
     assert restore_point in kept and fresh in kept
     assert "test-haven-20210101T000000Z-b.dump" not in kept, "retention still prunes the rest"
     assert db.sql("SELECT count(*) FROM t") == "1", "the restore point came back"
+
+
+def test_a_corrupt_backup_is_refused_before_anything_is_restored(db: Db) -> None:
+    runner = LocalRunner(str(db.workdir))
+    db.app_sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    name = take_backup(runner, db.target, db.password, "r1", keep=3)
+    dump = _volume(db) / name
+    data = bytearray(dump.read_bytes())
+    data[-1] ^= 0xFF
+    dump.write_bytes(bytes(data))
+    db.app_sql("INSERT INTO t VALUES (2)")
+    with pytest.raises(MigrationError, match=f"backup {name} is corrupt"):
+        restore_backup(runner, db.target, db.password, name)
+    assert db.sql("SELECT count(*) FROM t") == "2", "nothing restored"
