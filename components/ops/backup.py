@@ -12,7 +12,7 @@ import json
 import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from components.apps.haven import MC_ALIAS
@@ -185,29 +185,34 @@ def run(args: argparse.Namespace, access: tuple[Any, ...], keep: int,
         say: Callable[[str], None]) -> int:  # fmt: skip
     """``appstack backup ACTION`` with the stack's database access (``cli._db_access``)."""
     runner, target, password, _quiescent, app = access
-    if args.action == "take":
-        say(f"pg_dump of {target.db_name} into {target.backup_volume} (newest {keep} kept)")
-        taken = take_backup(runner, target, password, args.label, keep=keep)
-        files = [f for f in backup_files(runner, target) if f.name == taken]
-    elif args.action == "list":
-        files = backup_files(runner, target)
-    else:
-        say("restoring into a throwaway Postgres on the stack's internal network")
-        found = verify(runner, target, app, args.name)
-        if args.json:
-            print(json.dumps(found.__dict__, indent=2))
+    try:
+        if args.action == "verify":
+            say("restoring into a throwaway Postgres on the stack's internal network")
+            _print_verified(verify(runner, target, app, args.name), args.json)
             return 0
-        print(f"backup {found.name}: sha256 {found.sha256} "
-              f"{'matches the recorded one' if found.recorded else '(none recorded)'}")  # fmt: skip
-        for table, count in sorted(found.rows.items()):
-            print(f"  {table:<32} {count:>10} rows")
-        print(f"backup {found.name} restores: {len(found.rows)} tables")
-        return 0
+        taken = ""
+        if args.action == "take":
+            say(f"pg_dump of {target.db_name} into {target.backup_volume} (newest {keep} kept)")
+            taken = take_backup(runner, target, password, args.label, keep=keep)
+        files = [f for f in backup_files(runner, target) if f.name == taken or not taken]
+    except (MigrationError, TaskError) as exc:
+        raise OpsError(str(exc)) from None
     if args.json:
-        print(json.dumps([f.__dict__ for f in files], indent=2))
+        print(json.dumps([asdict(f) for f in files], indent=2))
     else:
         print("\n".join(describe(files)) or "(no backups)")
     return 0
+
+
+def _print_verified(found: Verified, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(asdict(found), indent=2))
+        return
+    print(f"backup {found.name}: sha256 {found.sha256} "
+          f"{'matches the recorded one' if found.recorded else '(none recorded)'}")  # fmt: skip
+    for table, count in sorted(found.rows.items()):
+        print(f"  {table:<32} {count:>10} rows")
+    print(f"backup {found.name} restores: {len(found.rows)} tables")
 
 
 # -- MinIO around a rollback --------------------------------------------------------------------
