@@ -39,10 +39,10 @@ DEFAULT_RESOURCES = {
     "caddy": Resources(128, 0.25),
 }
 # MinIO's image has `mc`; its entrypoint is replaced by `sh -c` for this one command.
-MAKE_BUCKET = (
+MC_ALIAS = (
     'mc alias set haven "http://minio:9000" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >/dev/null'
-    ' && mc mb --ignore-existing "haven/$MINIO_BUCKET"',
 )
+MAKE_BUCKET = (MC_ALIAS + ' && mc mb --ignore-existing "haven/$MINIO_BUCKET"',)
 
 
 HEALTH_PATH = "/v1/healthz"

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from components.ops import release
+from components.ops import backup, release
 from components.ops.stack import (
     MIGRATION_TYPE,
     Entry,
@@ -215,7 +215,9 @@ def _restore(stack: Pulumi, backup_id: str) -> str:
 
     runner, target, password, quiescent, app = _db_access(stack)
     say("taking a fresh backup before restoring")
-    fresh = take_backup(runner, target, password, "pre-rollback", keep=max(5, len(quiescent) + 5))
+    keep = max(5, len(quiescent) + 5)
+    # protect: the pruning after this backup must never remove the one about to be restored.
+    fresh = take_backup(runner, target, password, "pre-rollback", keep=keep, protect=backup_id)
     say(f"fresh backup {fresh}; stopping {', '.join(quiescent) or 'nothing'}")
     runner.stop_containers(quiescent)
     try:
@@ -355,11 +357,13 @@ def rollback(args: argparse.Namespace, stack: Pulumi, entries: list[Entry], targ
     print(json.dumps(plan, indent=2) if args.json else _describe(plan))
     if plan["revision"]:
         _confirm(args, plan)
+        bucket = backup.measure(stack, say)
         _downgrade(stack, args, entries, target, plan["revision"])
         _set_images(stack, target)
         say("pulumi up (smoke tests run as its last step; they close the maintenance window)")
         _up(stack)
         say(f"rolled back to entry {target.number}")
+        backup.report(stack, bucket, say)
         return 0
     if plan["schema_moved"] and not args.restore_backup:
         msg = (
@@ -368,6 +372,7 @@ def rollback(args: argparse.Namespace, stack: Pulumi, entries: list[Entry], targ
         )
         raise OpsError(msg, 3)
     _confirm(args, plan)
+    bucket = backup.measure(stack, say)
     if plan["schema_moved"]:
         backup_id = _restore_point(entries, target)
         fresh = _restore(stack, backup_id)
@@ -379,6 +384,7 @@ def rollback(args: argparse.Namespace, stack: Pulumi, entries: list[Entry], targ
     say("pulumi up (smoke tests run as its last step)")
     _up(stack)
     say(f"rolled back to entry {target.number}")
+    backup.report(stack, bucket, say)
     return 0
 
 
@@ -500,6 +506,12 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """``appstack backup list | take | verify [NAME]`` (components/ops/backup.py)."""
+    stack = _stack(args)
+    return backup.run(args, _db_access(stack), keep=_keep(stack), say=say)
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     """``appstack release``: images built and pinned at one commit, then `deploy` (release.py)."""
     return release.run(args, _stack(args), deploy=cmd_deploy, say=say)
@@ -542,6 +554,7 @@ def parser() -> argparse.ArgumentParser:
     mt = command("maintenance", "maintenance mode on or off")
     mt.add_argument("state", choices=("on", "off"))
     release.add_arguments(command("release", release.HELP))
+    backup.add_arguments(command("backup", backup.HELP))
     return p
 
 
@@ -553,6 +566,7 @@ COMMANDS = {
     "logs": cmd_logs,
     "maintenance": cmd_maintenance,
     "release": cmd_release,
+    "backup": cmd_backup,
 }
 
 

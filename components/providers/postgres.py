@@ -511,6 +511,8 @@ def backup_name(prefix: str, release: str, now: datetime | None = None) -> str:
     return f"{prefix}-{stamp}-{label}.dump"
 
 
+CHECKSUM_SUFFIX = ".sha256"
+"""Beside each dump, its ``sha256sum`` line: written before the dump gets its name."""
 _D = "[0-9]"
 _BACKUP_PATTERN = f'"$BACKUP_PREFIX"-{_D * 8}T{_D * 6}Z-*.dump'
 
@@ -519,21 +521,33 @@ BACKUP_SH = f"""if [ -e "$BACKUP_DIR/$BACKUP_NAME" ]; then
   exit 4
 fi
 pg_dump -Fc --exclude-schema=appstack -f "$BACKUP_DIR/$BACKUP_NAME.partial"
+sum=$(sha256sum "$BACKUP_DIR/$BACKUP_NAME.partial" | cut -d' ' -f1)
+printf '%s  %s\n' "$sum" "$BACKUP_NAME" > "$BACKUP_DIR/$BACKUP_NAME{CHECKSUM_SUFFIX}"
 mv "$BACKUP_DIR/$BACKUP_NAME.partial" "$BACKUP_DIR/$BACKUP_NAME"
 echo "{MARK}BACKUP:$BACKUP_NAME"
 n=0
 for f in $(ls -1 "$BACKUP_DIR" | sort -r); do
   case "$f" in
     {_BACKUP_PATTERN})
+      # The backup a rollback is about to restore is never pruned, nor counted.
+      if [ "$f" = "${{PROTECT:-}}" ]; then continue; fi
       n=$((n + 1))
-      if [ "$n" -gt "$KEEP" ]; then rm -f "$BACKUP_DIR/$f"; echo "{MARK}PRUNED:$f"; fi
+      if [ "$n" -gt "$KEEP" ]; then
+        rm -f "$BACKUP_DIR/$f" "$BACKUP_DIR/$f{CHECKSUM_SUFFIX}"; echo "{MARK}PRUNED:$f"
+      fi
       ;;
   esac
 done
 """
 
 LIST_SH = f"""for f in $(ls -1 "$BACKUP_DIR" | sort -r); do
-  case "$f" in {_BACKUP_PATTERN}) echo "{MARK}BACKUP:$f" ;; esac
+  case "$f" in {_BACKUP_PATTERN})
+    sum=""
+    if [ -f "$BACKUP_DIR/$f{CHECKSUM_SUFFIX}" ]; then
+      sum=$(cut -d' ' -f1 "$BACKUP_DIR/$f{CHECKSUM_SUFFIX}")
+    fi
+    echo "{MARK}BACKUP:$f:$(wc -c < "$BACKUP_DIR/$f"):$sum" ;;
+  esac
 done
 """
 
@@ -541,6 +555,10 @@ done
 # after the backup (a table a later migration added) go too and the old schema comes back whole.
 RESTORE_SH = f"""f="$BACKUP_DIR/$BACKUP_ID"
 if [ ! -f "$f" ]; then echo "{MARK}NOBACKUP:$BACKUP_ID"; exit 4; fi
+if [ -f "$f{CHECKSUM_SUFFIX}" ] \
+   && [ "$(sha256sum "$f" | cut -d' ' -f1)" != "$(cut -d' ' -f1 "$f{CHECKSUM_SUFFIX}")" ]; then
+  echo "{MARK}CORRUPT:$BACKUP_ID"; exit 4
+fi
 {{
   printf '%s\\n' 'BEGIN;' 'DROP SCHEMA IF EXISTS public CASCADE;' 'CREATE SCHEMA public;'
   pg_restore --clean --if-exists --no-owner --no-acl -f - "$f"
@@ -558,15 +576,20 @@ def take_backup(
     release_label: str,
     keep: int,
     connect_deadline_s: float = 30.0,
+    protect: str = "",
 ) -> str:
-    """``pg_dump -Fc`` into the backup volume, prune to the newest ``keep``; return the id."""
+    """``pg_dump -Fc`` into the backup volume, prune to the newest ``keep``; return the id.
+
+    ``protect`` names a backup the pruning must leave (one about to be restored).
+    """
     if keep < 1:
         msg = f"keep_backups must be at least 1, got {keep}"
         raise ValueError(msg)
     conn = Conn(target, password, connect_deadline_s)
     for attempt in range(3):
         name = backup_name(target.name_prefix, release_label)
-        env = {"BACKUP_NAME": name, "BACKUP_PREFIX": target.name_prefix, "KEEP": str(keep)}
+        env = {"BACKUP_NAME": name, "BACKUP_PREFIX": target.name_prefix, "KEEP": str(keep),
+               "PROTECT": protect}  # fmt: skip
         task = conn.task(runner, "backup", BACKUP_SH, env=env, backups=True)
         try:
             logs = conn.run(runner, task)
@@ -600,12 +623,27 @@ def restore_backup(
         if markers(exc.logs, "NOBACKUP"):
             msg = f"backup {backup_id} is not in volume {target.backup_volume}"
             raise MigrationError(msg) from None
+        if markers(exc.logs, "CORRUPT"):
+            msg = (
+                f"backup {backup_id} is corrupt: its sha256 differs from the one recorded when it "
+                "was taken; nothing restored (`appstack backup list` shows the others)"
+            )
+            raise MigrationError(msg) from None
         msg = f"restore of {backup_id} into {target.db_name} failed (rolled back): {exc}"
         raise MigrationError(msg) from None
 
 
-def list_backups(runner: Runner, target: Target) -> list[str]:
-    """Backup ids of this target's prefix in the backup volume, newest first."""
+@dataclass(frozen=True)
+class BackupFile:
+    """A dump in the backup volume: its id, size in bytes and recorded sha256 ("" if none)."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+def backup_files(runner: Runner, target: Target) -> list[BackupFile]:
+    """The dumps of this target's prefix in the backup volume, newest first."""
     if not target.backup_volume:
         msg = "target.backup_volume is not set: backups need a volume"
         raise MigrationError(msg)
@@ -621,7 +659,16 @@ def list_backups(runner: Runner, target: Target) -> list[str]:
         network=target.network or None,
         timeout_s=120.0,
     )
-    return markers(runner.run(task).logs, "BACKUP")
+    out = []
+    for raw in markers(runner.run(task).logs, "BACKUP"):
+        name, size, sha256 = raw.rsplit(":", 2)
+        out.append(BackupFile(name, int(size.strip() or 0), sha256))
+    return out
+
+
+def list_backups(runner: Runner, target: Target) -> list[str]:
+    """Backup ids of this target's prefix in the backup volume, newest first."""
+    return [f.name for f in backup_files(runner, target)]
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def test_new_file_is_applied_alone_after_a_restorable_backup(db: Db) -> None:
     assert outs["pending_before"] == 1
     assert outs["backup_id"].startswith("test-haven-")
     assert outs["backup_id"].endswith("-v2.dump")
-    assert db.backup_files() == [outs["backup_id"]]
+    assert db.backup_files() == [outs["backup_id"], outs["backup_id"] + ".sha256"]
     assert _ledger(db)["migrations/v2_002_tags.sql"] == "applied"
     assert any("init.sql differs" in n for n in outs["notes"])
     assert db.sql("SELECT label FROM tags") == "default"
@@ -96,7 +96,7 @@ def test_failing_file_rolls_back_alone_and_names_the_file(db: Db) -> None:
     assert "migrations/v2_003_broken.sql" not in ledger
     assert "broken_partial" not in db.tables()
     assert db.sql("SELECT count(*) FROM items WHERE name = 'from broken'") == "0"
-    assert len(db.backup_files()) == 1
+    assert len(db.backup_files()) == 2  # the dump and its checksum
 
 
 def test_edited_applied_file_is_refused_before_anything_runs(db: Db) -> None:

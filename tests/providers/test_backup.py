@@ -1,0 +1,83 @@
+"""Backups against a real PostgreSQL, through the LocalRunner: checksums, and what pruning spares."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.ops import cli
+from components.providers.postgres import (
+    MigrationError,
+    backup_files,
+    list_backups,
+    restore_backup,
+    take_backup,
+)
+from components.providers.runner import LocalRunner
+from tests.providers.conftest import Db
+
+
+def _volume(db: Db) -> Path:
+    return db.workdir / "volumes" / "backups"
+
+
+def test_each_backup_records_its_sha256_beside_it(db: Db) -> None:
+    runner = LocalRunner(str(db.workdir))
+    db.app_sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    name = take_backup(runner, db.target, db.password, "r1", keep=3)
+    dump = (_volume(db) / name).read_bytes()
+    digest = hashlib.sha256(dump).hexdigest()
+    assert (_volume(db) / f"{name}.sha256").read_text() == f"{digest}  {name}\n"
+    [found] = backup_files(runner, db.target)
+    assert (found.name, found.size, found.sha256) == (name, len(dump), digest)
+
+
+def test_pruning_removes_a_dump_with_its_checksum_and_spares_the_protected_one(db: Db) -> None:
+    runner = LocalRunner(str(db.workdir))
+    db.app_sql("CREATE TABLE t (id int)")
+    first = take_backup(runner, db.target, db.password, "r1", keep=1)
+    second = take_backup(runner, db.target, db.password, "r2", keep=1, protect=first)
+    assert list_backups(runner, db.target) == [second, first]
+    third = take_backup(runner, db.target, db.password, "r3", keep=1)
+    assert list_backups(runner, db.target) == [third]
+    assert sorted(p.name for p in _volume(db).iterdir()) == [third, f"{third}.sha256"]
+
+
+def test_a_rollback_restore_never_prunes_the_backup_it_restores(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five newer backups fill the rollback's retention (max(5, workers + 5)): the restore point,
+    older than all of them, would be the one its fresh backup prunes."""
+    runner = LocalRunner(str(db.workdir))
+    db.app_sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    taken = take_backup(runner, db.target, db.password, "a", keep=10)
+    restore_point = "test-haven-20200101T000000Z-a.dump"
+    (_volume(db) / taken).rename(_volume(db) / restore_point)
+    for year in range(2021, 2026):
+        (_volume(db) / f"test-haven-{year}0101T000000Z-b.dump").write_bytes(b"newer")
+    db.app_sql("INSERT INTO t VALUES (2)")
+    access: tuple[Any, ...] = (runner, db.target, db.password, [], "haven")
+    monkeypatch.setattr(cli, "_db_access", lambda _stack: access)
+    monkeypatch.setattr(cli, "APPS_WITH_CHUNKS", ())
+    fresh = cli._restore(None, restore_point)  # type: ignore[arg-type]
+    kept = list_backups(runner, db.target)
+    assert restore_point in kept and fresh in kept
+    assert "test-haven-20210101T000000Z-b.dump" not in kept, "retention still prunes the rest"
+    assert db.sql("SELECT count(*) FROM t") == "1", "the restore point came back"
+
+
+def test_a_corrupt_backup_is_refused_before_anything_is_restored(db: Db) -> None:
+    runner = LocalRunner(str(db.workdir))
+    db.app_sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    name = take_backup(runner, db.target, db.password, "r1", keep=3)
+    dump = _volume(db) / name
+    data = bytearray(dump.read_bytes())
+    data[-1] ^= 0xFF
+    dump.write_bytes(bytes(data))
+    db.app_sql("INSERT INTO t VALUES (2)")
+    with pytest.raises(MigrationError, match=f"backup {name} is corrupt"):
+        restore_backup(runner, db.target, db.password, name)
+    assert db.sql("SELECT count(*) FROM t") == "2", "nothing restored"
