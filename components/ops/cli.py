@@ -1,4 +1,5 @@
-"""``appstack``: the operator CLI (status, history, rollback, deploy, release, logs, maintenance).
+"""``appstack``: the operator CLI (status, history, rollback, deploy, release, logs, backup,
+maintenance).
 
 Exit codes: 0 done; 1 a step failed; 2 bad input (unknown stack, entry out of range, entry that
 failed); 3 refused (confirmation missing, or the schema moved and --restore-backup was not given);
