@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import cleanup
-from tests.e2e.stack import Stack, docker, start_ollama
+from tests.e2e.stack import Stack, docker, kill_engine_processes, start_ollama
 
 pytestmark = pytest.mark.e2e
 PORT = 18888
@@ -63,7 +63,10 @@ def test_up_killed_while_the_worker_is_stopped_converges_on_the_next_up(kil: Sta
         while time.monotonic() < deadline and proc.poll() is None:
             if _worker_state(kil) == "exited":
                 seen_stopped = True
-                os.killpg(proc.pid, signal.SIGKILL)  # the engine, the program, its provider
+                # The engine, its language host, the program and its provider (the last run in
+                # process groups of their own), as a kill -9 of the whole session would.
+                os.killpg(proc.pid, signal.SIGKILL)
+                kill_engine_processes(kil)
                 break
             time.sleep(0.05)
     finally:
