@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from components.ops.stack import CONTAINER_TYPE, OpsError, resources
-from components.providers.runner import redact
+from components.providers.runner import looks_secret, redact
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # noqa: S105 (a marker, not a secret)
 """The key Pulumi marks a secret value with in an exported deployment."""
@@ -39,19 +39,27 @@ def since_time(value: str | None, now: datetime | None = None) -> datetime | Non
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def _leaves(value: Any) -> Iterator[str]:
+def _leaves(value: Any, key: str = "") -> Iterator[str]:
+    """The secret strings of a secret value: itself, or in a map (an environment) the values whose
+    names look secret; a whole environment is marked secret, its ``ENGRAMIA_STORAGE=postgres``
+    is not."""
     if isinstance(value, str):
-        yield value
+        if not key or looks_secret(key):
+            yield value
     elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _leaves(item)
+        for name, item in value.items():
+            yield from _leaves(item, str(name))
     elif isinstance(value, list):
         for item in value:
-            yield from _leaves(item)
+            yield from _leaves(item, key)
 
 
 def secret_values(deployment: Any) -> list[str]:
-    """Every secret value in an export made with ``--show-secrets`` (its plaintext leaves)."""
+    """Every secret value in an export made with ``--show-secrets``.
+
+    Scalars marked secret (generated or configured secrets) whole; within a map marked secret,
+    the values whose names look secret (passwords, tokens, keys, database URLs).
+    """
     import json
 
     found: set[str] = set()

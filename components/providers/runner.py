@@ -85,6 +85,11 @@ class TaskResult:
     logs: str
 
 
+def looks_secret(name: str) -> bool:
+    """Whether a variable's name says its value is a secret (``*_PASSWORD``, ``*_TOKEN``...)."""
+    return bool(_SECRET_NAME.search(name.upper()))
+
+
 def redact(text: str, secret_values: Sequence[str]) -> str:
     """``text`` with every secret value replaced by ``***``."""
     for value in sorted(set(secret_values), key=len, reverse=True):

@@ -188,12 +188,14 @@ def test_logs_redact_every_secret_the_state_holds() -> None:
             "resources": [
                 {"outputs": {"value": {SECRET_SIG: "1", "plaintext": json.dumps("s3cr3t-token")}}},
                 {"inputs": {"env": {SECRET_SIG: "1", "plaintext": json.dumps(
-                    {"DB_URL": "postgresql://u:pw-long@db/x", "PORT": "80"})}}},
+                    {"DATABASE_URL": "postgresql://u:pw-long@db/x", "PORT": "80",
+                     "ENGRAMIA_STORAGE": "postgres"})}}},
                 {"outputs": {"name": "not-a-secret"}},
             ]
         }
     }  # fmt: skip
     found = secret_values(export)
+    # A whole environment is marked secret: only its secret-named values are secrets.
     assert set(found) == {"s3cr3t-token", "postgresql://u:pw-long@db/x"}
     text = "token=s3cr3t-token\nurl postgresql://u:pw-long@db/x port 80\n"
     out = prefixed("api", text, found, 5)
