@@ -191,9 +191,18 @@ def write_secrets(docker_client: Any, props: Mapping[str, Any], name: str) -> No
     api = docker_client.api
     host = api.create_host_config(binds={volume: {"bind": SECRETS_DIR, "mode": "rw"}},
                                   network_mode="none")  # fmt: skip
+    # Named after its release, with no service label: a writer a killed update left is removed
+    # here, and is never taken for a release of the service.
+    writer_name = f"{volume}-writer"
+    try:
+        api.remove_container(writer_name, force=True)
+    except Exception as exc:
+        if not not_found(exc):
+            raise
     writer = api.create_container(
-        str(props["image_id"]), command=["true"], labels=labels, host_config=host
-    )
+        str(props["image_id"]), command=["true"], name=writer_name,
+        labels={STACK_LABEL: labels.get(STACK_LABEL, "")}, host_config=host,
+    )  # fmt: skip
     try:
         user = props.get("user") or api.inspect_container(writer["Id"])["Config"].get("User")
         owner = _owner(api, writer["Id"], str(user or ""))

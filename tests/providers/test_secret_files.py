@@ -3,7 +3,7 @@
 A PostgreSQL release gets its password as ``/run/secrets/postgres_password`` (the image's
 ``POSTGRES_PASSWORD_FILE``): the server comes up with it, ``docker inspect`` never shows it, the
 file is 0400 and belongs to the uid the container runs as (a user name is resolved in the image),
-and deleting the release takes its secrets volume too.
+a writer a killed update left is cleared, and deleting the release takes its secrets volume too.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from components.providers.container import ContainerProvider, secrets_volume
+from components.providers.container import ContainerProvider, physical_name, secrets_volume
 from tests.providers.test_runner import CLIENT_IMAGE, _docker_host
 
 PASSWORD = "pw-" + secrets.token_hex(12)
@@ -86,6 +86,10 @@ def test_a_release_reads_its_password_from_a_file_docker_inspect_never_shows(
 ) -> None:
     host, network = engine
     props = _props(host, network)
+    # What an update killed while writing the files leaves: a writer of this very release.
+    leftover = f"{secrets_volume(physical_name(props))}-writer"
+    docker(host, "create", "--name", leftover, "--label", f"appstack.stack={network}",
+           CLIENT_IMAGE, "true")  # fmt: skip
     provider = ContainerProvider()
     created = provider.create(props)
     outs = created.outs or {}
@@ -112,6 +116,9 @@ def test_a_release_reads_its_password_from_a_file_docker_inspect_never_shows(
         assert out.strip() == "42", "the server took the password from the file"
         volumes = docker(host, "volume", "ls", "-q").split()
         assert secrets_volume(name) in volumes
+        left = docker(host, "ps", "-a", "--filter", f"label=appstack.stack={network}",
+                      "--format", "{{.Names}}").split()  # fmt: skip
+        assert left == [name], "no writer is left, not even a killed update's"
     finally:
         provider.delete(str(created.id), outs)
     assert secrets_volume(name) not in docker(host, "volume", "ls", "-q").split()
