@@ -52,7 +52,8 @@ def postgres(
         volumes=(Volume("pgdata", PGDATA_MOUNT, 10),),
         resources=resources,
         user=POSTGRES_UID,
-        read_only_root=False,
+        # It writes only to its data volume, and its socket and lock file to /var/run/postgresql.
+        tmpfs=("/tmp", "/var/run/postgresql"),
     )
 
 

@@ -111,6 +111,8 @@ def test_every_haven_service_runs_with_a_non_zero_uid(sec: Stack) -> None:
         assert _process_uids(container["Id"]) == [uid] * 4, service
     for service in ("postgres", "minio"):
         assert not running[service]["HostConfig"]["CapAdd"], f"{service} keeps no capability"
+    read_only = {s for s, c in running.items() if c["HostConfig"]["ReadonlyRootfs"]}
+    assert read_only & set(UIDS) == set(UIDS) - {"qdrant", "minio"}, "read-only where it can be"
 
 
 def test_the_app_still_answers(sec: Stack) -> None:

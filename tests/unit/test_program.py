@@ -241,6 +241,8 @@ def test_containers_are_hardened(program: Program) -> None:
         assert "/tmp" in c["tmpfs"], name
         if name in SERVICES:
             assert c["read_only"] is True and c["cap_add"] == [], name
+        if name == "postgres":
+            assert c["read_only"] is True and "/var/run/postgresql" in c["tmpfs"], name
         if name == EDGE:
             # Exactly the one the official image's binary carries as a file capability.
             assert c["read_only"] is True and c["cap_add"] == ["NET_BIND_SERVICE"], name
