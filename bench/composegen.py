@@ -147,6 +147,21 @@ def image_has_healthcheck(ref: str) -> bool | None:
     return proc.stdout.strip() not in ("", "null")
 
 
+def environment(props: dict[str, Any]) -> dict[str, str]:
+    """A container's env for compose; each secret file goes back to the variable it stands for.
+
+    Compose has no way to fill a file before the start on a remote engine either, and the bench
+    compares deployments, not where a secret sits: ``X_FILE=/run/secrets/x`` becomes ``X``.
+    """
+    env = {str(k): str(v) for k, v in (props.get("env") or {}).items()}
+    files = {f"/run/secrets/{n}": str(v) for n, v in (props.get("secret_files") or {}).items()}
+    for key, path in list(env.items()):
+        if key.endswith("_FILE") and path in files:
+            del env[key]
+            env[key.removesuffix("_FILE")] = files[path]
+    return dict(sorted(env.items()))
+
+
 def generate(
     prog: Any, project: str, inspect_images: bool = True
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -192,7 +207,7 @@ def generate(
             svc["command"] = list(p["command"])
         if p.get("user"):
             svc["user"] = p["user"]
-        svc["environment"] = {str(k): str(v) for k, v in sorted((p.get("env") or {}).items())}
+        svc["environment"] = environment(p)
         svc["networks"] = {}
         for net in p["networks"]:
             key = network_key(net["name"])

@@ -72,6 +72,9 @@ class ServiceSpec:
     port: int | None = None
     env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     secret_env: Mapping[str, pulumi.Output[str]] = field(default_factory=dict)
+    file_env: tuple[str, ...] = ()
+    """Keys of ``secret_env`` the image also reads from the file ``<KEY>_FILE`` names: Docker
+    hands those over as files, out of ``docker inspect``'s sight."""
     health: HealthCheck | None = None
     exposure: Exposure = Exposure.INTERNAL
     replicas: int = 1
@@ -96,6 +99,10 @@ class ServiceSpec:
         overlap = set(self.env) & set(self.secret_env)
         if overlap:
             msg = f"service {self.name!r} sets {sorted(overlap)} both as plain and secret env"
+            raise ValueError(msg)
+        unknown = set(self.file_env) - set(self.secret_env)
+        if unknown:
+            msg = f"service {self.name!r}: file_env {sorted(unknown)} are not secret env"
             raise ValueError(msg)
 
 

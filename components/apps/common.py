@@ -18,10 +18,10 @@ from components.spec import (
     Volume,
 )
 
-# The official entrypoints of postgres and minio start as root, fix volume ownership, then drop
-# to their own user: they keep only the capabilities that needs.
-DATASTORE_CAPS = ("CHOWN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER")
 PGDATA_MOUNT = "/var/lib/postgresql/data"
+POSTGRES_UID = "999"
+"""The official postgres image's uid (the local one's too); its data directory, and so a fresh
+volume, is owned by it, so the entrypoint runs as that uid from the start with no capability."""
 
 
 def sized(settings: Settings, defaults: Mapping[str, Resources], name: str) -> Resources:
@@ -47,11 +47,13 @@ def postgres(
             "PGDATA": f"{PGDATA_MOUNT}/pgdata",
         },
         secret_env={"POSTGRES_PASSWORD": password},
+        file_env=("POSTGRES_PASSWORD",),  # the official entrypoint's POSTGRES_PASSWORD_FILE
         health=HealthCheck(command=("pg_isready", "-h", "127.0.0.1", "-U", user, "-d", database)),
         volumes=(Volume("pgdata", PGDATA_MOUNT, 10),),
         resources=resources,
-        cap_add=DATASTORE_CAPS,
-        read_only_root=False,
+        user=POSTGRES_UID,
+        # It writes only to its data volume, and its socket and lock file to /var/run/postgresql.
+        tmpfs=("/tmp", "/var/run/postgresql"),
     )
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import pulumi
 
 from components.apps import common
-from components.apps.common import DATASTORE_CAPS, sized
+from components.apps.common import sized
 from components.settings import Settings
 from components.spec import (
     AppSpec,
@@ -38,6 +38,10 @@ DEFAULT_RESOURCES = {
     "minio": Resources(512, 0.5),
     "caddy": Resources(128, 0.25),
 }
+SERVICE_UID = "10001"
+"""Haven's services run as any uid (its image has no USER): the one Kubernetes forces too."""
+DATASTORE_UID = "1000"
+"""Qdrant's and MinIO's uid, as on Kubernetes; their data directories must be owned by it."""
 # MinIO's image has `mc`; its entrypoint is replaced by `sh -c` for this one command.
 MC_ALIAS = (
     'mc alias set haven "http://minio:9000" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >/dev/null'
@@ -77,7 +81,7 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
             port=PORTS.get(name),
             replicas=settings.replicas(name),
             resources=sized(settings, DEFAULT_RESOURCES, name),
-            **kwargs,  # type: ignore[arg-type]
+            **{"user": SERVICE_UID, **kwargs},  # type: ignore[arg-type]
         )
 
     postgres = common.postgres(
@@ -90,6 +94,7 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         # The Qdrant image has no HTTP client: probe the REST port with bash's /dev/tcp.
         health=HealthCheck(command=("bash", "-c", ":> /dev/tcp/127.0.0.1/6333")),
         volumes=(Volume("storage", "/qdrant/storage", 10),),
+        user=DATASTORE_UID,
         read_only_root=False,
     )
     minio = svc(
@@ -101,9 +106,11 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
             "MINIO_ROOT_USER": secrets["minioAccessKey"],
             "MINIO_ROOT_PASSWORD": secrets["minioSecretKey"],
         },
+        # MinIO's server reads both from the files their *_FILE variables name.
+        file_env=("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"),
         health=HealthCheck(command=("curl", "-fsS", "http://127.0.0.1:9000/minio/health/live")),
         volumes=(Volume("data", "/data", 10),),
-        cap_add=DATASTORE_CAPS,
+        user=DATASTORE_UID,
         read_only_root=False,
     )
     catalog = svc(

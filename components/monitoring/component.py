@@ -39,6 +39,15 @@ QDRANT_PORT = 6333
 MINIO_PORT = 9000
 
 
+def secret_file(path: str) -> str:
+    """The secret file's name for ``path``, which must lie in ``config.SECRETS_DIR``."""
+    folder, _, file_name = path.rpartition("/")
+    if folder != config.SECRETS_DIR:
+        msg = f"monitoring: credential file {path!r} is not in {config.SECRETS_DIR}"
+        raise ValueError(msg)
+    return file_name
+
+
 @dataclass(frozen=True)
 class MonitoringArgs:
     """Where the monitoring runs and what it watches."""
@@ -170,14 +179,14 @@ class Monitoring(pulumi.ComponentResource):
         user: str | None = None,
         rollout: str = "start-first",
     ) -> engine.Container:
-        """One monitoring container: files and secrets via env, written by ``sh -c`` at start."""
+        """One monitoring container: files via env, written by ``sh -c`` at start; secrets as
+        its secret files (``SECRETS_DIR``), out of ``docker inspect``'s sight."""
         a = self._args
         image = engine.Image(f"{self._name}-{service}-image", image_ref, a.docker_host,
                              opts=pulumi.ResourceOptions(parent=self))  # fmt: skip
         file_vars = {path: f"APPSTACK_FILE_{i}" for i, path in enumerate(files)}
-        secret_vars = {path: f"APPSTACK_SECRET_{i}" for i, path in enumerate(secrets)}
         env: dict[str, pulumi.Input[str]] = {file_vars[p]: text for p, text in files.items()}
-        env.update({secret_vars[p]: value for p, value in secrets.items()})
+        secret_files = {secret_file(p): value for p, value in secrets.items()}
         networks: list[dict[str, Any]] = [{"name": a.internal_network, "aliases": [service]}]
         if edge_too:
             networks.append({"name": a.edge_network, "aliases": []})
@@ -185,8 +194,8 @@ class Monitoring(pulumi.ComponentResource):
             "name": f"{a.prefix}-{service}",
             "image": image_ref,
             "image_id": image.image_id,
-            "command": config.writer_command(file_vars, secret_vars, argv),
-            "env": pulumi.Output.secret(env) if secrets else env,
+            "command": config.writer_command(file_vars, argv),
+            "env": env,
             "user": user,
             "networks": networks,
             "ports": ports or [],
@@ -209,6 +218,8 @@ class Monitoring(pulumi.ComponentResource):
             "wait_timeout_s": a.deploy_timeout_s,
             "grace_s": 10,
         }  # fmt: skip
+        if secret_files:
+            props["secret_files"] = pulumi.Output.secret(secret_files)
         return engine.Container(
             f"{self._name}-{service}", props, opts=pulumi.ResourceOptions(parent=self)
         )

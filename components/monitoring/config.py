@@ -28,7 +28,8 @@ POSTGRES_EXPORTER_PORT = 9187
 BLACKBOX_PORT = 9115
 CONFIG_DIR = "/etc/appstack"
 """A tmpfs in each monitoring container: its command writes the files there from its env."""
-SECRETS_DIR = f"{CONFIG_DIR}/secrets"
+SECRETS_DIR = "/run/secrets"
+"""Credentials: the container's secret files (``components/providers/container.py``), not env."""
 MINIO_METRICS_PATH = "/minio/v2/metrics/cluster"
 DEEP_HEALTH_PATH = "/v1/health/deep"
 # MinIO's own `mc admin prometheus generate` issues a bearer token valid for 100 years.
@@ -238,16 +239,16 @@ def minio_token(access_key: str, secret_key: str, now: float | None = None) -> s
     return f"{header}.{payload}.{b64(signature.digest())}"
 
 
-def writer_command(files: dict[str, str], secrets: dict[str, str], argv: list[str]) -> list[str]:
+def writer_command(files: dict[str, str], argv: list[str]) -> list[str]:
     """``sh -c``: write each env var to its file on the tmpfs, then exec ``argv`` without them.
 
-    ``files`` and ``secrets`` map a path to the env var holding its content; secret files are
-    mode 0400 and their variables are removed from the server's environment.
+    ``files`` maps a path to the env var holding its content (configuration, no credential:
+    those are secret files already); the variables are removed from the server's environment.
     """
-    lines = ["set -eu", "umask 077", f"mkdir -p {CONFIG_DIR}/rules {SECRETS_DIR}"]
-    for path, var in {**files, **secrets}.items():
+    lines = ["set -eu", "umask 077", f"mkdir -p {CONFIG_DIR}/rules"]
+    for path, var in files.items():
         lines.append(f"printf '%s' \"${var}\" > {path}")
-    unset = " ".join(f"-u {v}" for v in [*files.values(), *secrets.values()])
+    unset = " ".join(f"-u {v}" for v in files.values())
     quoted = " ".join(f"'{a}'" for a in argv)
     lines.append(f"exec env {unset} {quoted}")
     return ["sh", "-c", "\n".join(lines)]

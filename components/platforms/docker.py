@@ -22,6 +22,7 @@ from components.monitoring import Monitoring, MonitoringArgs
 from components.platforms import PlatformArgs, rollout_order
 from components.providers import engine
 from components.providers.bootstrap import Bootstrap, BootstrapArgs
+from components.providers.container import SECRETS_DIR
 from components.providers.edge import EdgeRoute, EdgeRouteArgs
 from components.providers.migration import Migration, migration_args
 from components.providers.runner import Target
@@ -45,6 +46,23 @@ def _prefer(first: pulumi.Output[str], fallback: pulumi.Output[str] | None) -> p
     """``first`` unless empty (a bootstrap done outside appstack), then ``fallback``."""
     both = pulumi.Output.all(first, fallback or "")
     return pulumi.Output.secret(both.apply(lambda v: str(v[0] or v[1])))
+
+
+def secret_files(
+    svc: ServiceSpec,
+) -> tuple[dict[str, pulumi.Input[str]], dict[str, pulumi.Output[str]]]:
+    """The container's env and its secret files: what the image reads as ``<KEY>_FILE`` is a file
+    under ``/run/secrets`` (``components/providers/container.py``), so ``docker inspect`` shows
+    only its path; the rest of the secret env stays env (the image reads nothing else)."""
+    env: dict[str, pulumi.Input[str]] = {**svc.env}
+    files: dict[str, pulumi.Output[str]] = {}
+    for key, value in svc.secret_env.items():
+        if key in svc.file_env:
+            files[key.lower()] = value
+            env[f"{key}_FILE"] = f"{SECRETS_DIR}/{key.lower()}"
+        else:
+            env[key] = value
+    return env, files
 
 
 def rollout(svc: ServiceSpec) -> str:
@@ -253,7 +271,7 @@ class DockerApp(pulumi.ComponentResource):
         extra_hosts = {}
         if svc.needs_egress and self._settings.ollama.network is None:
             extra_hosts["host.docker.internal"] = "host-gateway"
-        env = {**svc.env, **svc.secret_env}
+        env, files = secret_files(svc)
         if self._bootstraps(svc) and self._app.bootstrap:
             env.pop(self._app.bootstrap.token_env, None)  # the bootstrap ran it: runbook step
         props: dict[str, Any] = {
@@ -284,8 +302,10 @@ class DockerApp(pulumi.ComponentResource):
             "wait_timeout_s": self._settings.deploy_timeout_s,
             "grace_s": 10,
         }
-        if svc.secret_env:
+        if set(svc.secret_env) - set(svc.file_env):
             props["env"] = pulumi.Output.secret(props["env"])
+        if files:
+            props["secret_files"] = pulumi.Output.secret(files)
         # Health-gated creation beside the running release; the old one goes at the end.
         return engine.Container(
             f"{self._name}-{svc.name}", props, opts=self._opts(depends_on=after)

@@ -17,6 +17,25 @@ moves on; the predecessor is deleted only at the end of the update. How the two 
 
 Either way a failed release leaves the running one as it was and the update fails naming the
 container, with the redacted tail of its log.
+
+Secret files (``secret_files``: file name -> value) reach the container as files under
+``/run/secrets``, never through its environment, labels or mounts' names, so ``docker inspect``
+shows none of them. Docker has no secrets outside swarm; the ways in were weighed so:
+
+- a tmpfs mount (``HostConfig.Tmpfs``) is empty at every start: files put there before the start
+  are hidden by the mount, files written after it race the entrypoint that reads them, and a
+  restart by the engine (restart policy, a daemon restart) would come up without them;
+- a tmpfs-backed named volume loses its files when the engine unmounts it between the write and
+  the start;
+- a bind mount of a host file needs the host's file system, which a remote engine
+  (``ssh://``) does not give.
+
+So each release gets a small named volume of its own (``<physical name>-secrets``), filled before
+the container exists: a throwaway, never-started container of the same image mounts it and takes
+the files through the engine's archive API (mode 0400, owned by the container's uid), and the
+release mounts it read-only at ``/run/secrets``. It works on any engine, local or remote, survives
+restarts, and goes with its release (``delete``, or a failed create). On the host the files sit in
+the engine's volume directory, readable by root only, like the rest of the engine's state.
 """
 
 from __future__ import annotations
@@ -51,9 +70,13 @@ from components.providers.readiness import START_INTERVAL_S, wait_ready
 CONTAINER_KEYS = (
     "name", "image", "image_id", "command", "env", "user", "networks", "ports", "healthcheck",
     "restart", "memory_mb", "cpus", "read_only", "tmpfs", "security_opt", "cap_add", "mounts",
-    "labels", "extra_hosts", "stop_timeout_s", "docker_host",
+    "labels", "extra_hosts", "stop_timeout_s", "docker_host", "secret_files",
 )  # fmt: skip
 """Inputs that decide the container: Docker cannot change any of them in place."""
+OPTIONAL_KEYS = ("secret_files",)
+"""Inputs left out of the physical name while empty: releases made before them keep their name."""
+SECRETS_DIR = "/run/secrets"
+"""Where a release's secret files are mounted (read-only), as Docker's own secrets are."""
 TUNING_KEYS = ("rollout", "wait_timeout_s", "grace_s", "retired_by_edge")
 """Inputs that only steer how a container is rolled out: updated in place."""
 ROLLOUTS = ("start-first", "stop-first")
@@ -64,7 +87,11 @@ START_INTERVAL_API = (1, 44)
 
 def physical_name(props: Mapping[str, Any]) -> str:
     """``<name>-<8 hex>``: unique per release, the same for the same inputs (a retry adopts)."""
-    decided = {k: props.get(k) for k in CONTAINER_KEYS if k != "docker_host"}
+    decided = {
+        k: props.get(k)
+        for k in CONTAINER_KEYS
+        if k != "docker_host" and (k not in OPTIONAL_KEYS or props.get(k))
+    }
     digest = hashlib.sha256(json.dumps(decided, sort_keys=True, default=str).encode())
     return f"{props['name']}-{digest.hexdigest()[:8]}"
 
@@ -95,7 +122,107 @@ def _healthcheck(props: Mapping[str, Any], fast_start: bool) -> dict[str, Any] |
     return check
 
 
-def _host_config(docker_client: Any, props: Mapping[str, Any]) -> Any:
+def secrets_volume(name: str) -> str:
+    """The volume holding the secret files of the release whose physical name is ``name``."""
+    return f"{name}-secrets"
+
+
+def _passwd_entry(api: Any, container_id: str, name: str) -> tuple[int, int] | None:
+    """uid and gid of user ``name`` in the container's ``/etc/passwd`` (None: no such user)."""
+    import io
+    import tarfile
+
+    try:
+        stream, _ = api.get_archive(container_id, "/etc/passwd")
+    except Exception as exc:
+        if not_found(exc):
+            return None
+        raise
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.extractfile("passwd")
+        lines = member.read().decode(errors="replace").splitlines() if member else []
+    for line in lines:
+        fields = line.split(":")
+        if len(fields) > 3 and fields[0] == name and fields[2].isdigit() and fields[3].isdigit():
+            return int(fields[2]), int(fields[3])
+    return None
+
+
+def _owner(api: Any, container_id: str, user: str) -> tuple[int, int]:
+    """uid and gid the process of ``user`` (``uid[:gid]`` or a name, "" for root) runs as."""
+    uid, _, gid = user.partition(":")
+    if not uid:
+        return 0, 0
+    if uid.isdigit():
+        return int(uid), int(gid) if gid.isdigit() else int(uid)
+    entry = _passwd_entry(api, container_id, uid)
+    if entry is None:
+        msg = f"user {uid!r} is not in the image's /etc/passwd: its secret files need an owner"
+        raise EngineError(msg)
+    return entry[0], int(gid) if gid.isdigit() else entry[1]
+
+
+def _secrets_tar(files: Mapping[str, Any], owner: tuple[int, int]) -> bytes:
+    """An in-memory tar of ``files``: mode 0400, owned by ``owner``, no timestamps."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for file_name, value in sorted(files.items()):
+            data = str(value).encode()
+            info = tarfile.TarInfo(str(file_name))
+            info.size, info.mode, (info.uid, info.gid) = len(data), 0o400, owner
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def write_secrets(docker_client: Any, props: Mapping[str, Any], name: str) -> None:
+    """Fill the release's secrets volume through a never-started container of its image.
+
+    The files belong to the user the release runs as (``user``, else the image's ``USER``).
+    """
+    files = props.get("secret_files") or {}
+    if not files:
+        return
+    volume = secrets_volume(name)
+    labels = {**labels_of(props), NAME_LABEL: str(props["name"])}
+    docker_client.volumes.create(volume, labels=labels)
+    api = docker_client.api
+    host = api.create_host_config(binds={volume: {"bind": SECRETS_DIR, "mode": "rw"}},
+                                  network_mode="none")  # fmt: skip
+    # Named after its release, with no service label: a writer a killed update left is removed
+    # here, and is never taken for a release of the service.
+    writer_name = f"{volume}-writer"
+    try:
+        api.remove_container(writer_name, force=True)
+    except Exception as exc:
+        if not not_found(exc):
+            raise
+    writer = api.create_container(
+        str(props["image_id"]), command=["true"], name=writer_name,
+        labels={STACK_LABEL: labels.get(STACK_LABEL, "")}, host_config=host,
+    )  # fmt: skip
+    try:
+        user = props.get("user") or api.inspect_container(writer["Id"])["Config"].get("User")
+        owner = _owner(api, writer["Id"], str(user or ""))
+        if not api.put_archive(writer["Id"], SECRETS_DIR, _secrets_tar(files, owner)):
+            msg = f"container {props['name']}: the engine refused its secret files"
+            raise EngineError(msg)
+    finally:
+        api.remove_container(writer["Id"], force=True)
+
+
+def remove_secrets(docker_client: Any, name: str) -> None:
+    """Remove a release's secrets volume; one never made, or already gone, is fine."""
+    try:
+        docker_client.volumes.get(secrets_volume(name)).remove(force=True)
+    except Exception as exc:
+        if not not_found(exc):
+            raise
+
+
+def _host_config(docker_client: Any, props: Mapping[str, Any], name: str) -> Any:
     import docker.types
 
     ports = {
@@ -106,6 +233,10 @@ def _host_config(docker_client: Any, props: Mapping[str, Any]) -> Any:
         docker.types.Mount(target=str(m["target"]), source=str(m["source"]), type="volume")
         for m in props.get("mounts") or []
     ]
+    if props.get("secret_files"):
+        mounts.append(
+            docker.types.Mount(SECRETS_DIR, secrets_volume(name), type="volume", read_only=True)
+        )
     extra_hosts = {str(k): str(v) for k, v in (props.get("extra_hosts") or {}).items()}
     return docker_client.api.create_host_config(
         port_bindings=ports or None,
@@ -140,7 +271,7 @@ def _create(docker_client: Any, props: Mapping[str, Any], name: str) -> Any:
         labels={**labels_of(props), NAME_LABEL: str(props["name"])},
         ports=ports or None,
         stop_signal="SIGTERM",
-        host_config=_host_config(docker_client, props),
+        host_config=_host_config(docker_client, props, name),
         networking_config=api.create_networking_config(
             {
                 str(first["name"]): api.create_endpoint_config(
@@ -152,6 +283,7 @@ def _create(docker_client: Any, props: Mapping[str, Any], name: str) -> Any:
     health = _healthcheck(props, _api_at_least(docker_client, START_INTERVAL_API))
     if health:
         config["Healthcheck"] = health
+    write_secrets(docker_client, props, name)
     created = api.create_container_from_config(config, name=name)
     container = docker_client.containers.get(created["Id"])
     for net in nets[1:]:
@@ -162,7 +294,7 @@ def _create(docker_client: Any, props: Mapping[str, Any], name: str) -> Any:
 
 
 def remove(docker_client: Any, name_or_id: str, stop_timeout: int) -> None:
-    """Stop (grace period) and remove; a container already gone is fine."""
+    """Stop (grace period) and remove, with its secrets volume; a container already gone is fine."""
     try:
         container = docker_client.containers.get(name_or_id)
     except Exception as exc:
@@ -172,6 +304,7 @@ def remove(docker_client: Any, name_or_id: str, stop_timeout: int) -> None:
     if container.status in ("running", "restarting"):
         container.stop(timeout=stop_timeout)
     container.remove(v=False, force=True)
+    remove_secrets(docker_client, container.name)
 
 
 def _bound_ports(container: Any) -> set[tuple[str, int]]:
@@ -232,6 +365,9 @@ class ContainerProvider(ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         """A changed input replaces, always create-before-delete; a stopped one is drift."""
+        # An optional input absent (a release made before it) is the same as empty.
+        olds = {**olds, **{k: olds.get(k) or None for k in OPTIONAL_KEYS}}
+        news = {**news, **{k: news.get(k) or None for k in OPTIONAL_KEYS}}
         replaces = changed(olds, news, CONTAINER_KEYS)
         if olds.get("state") not in (None, "running"):
             replaces.append("state")
@@ -242,7 +378,8 @@ class ContainerProvider(ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         """Start the new release beside (or, stop-first, instead of) the running one."""
-        secrets = [str(v) for v in (props.get("env") or {}).values() if len(str(v)) >= 8]
+        values = [*(props.get("env") or {}).values(), *(props.get("secret_files") or {}).values()]
+        secrets = [str(v) for v in values if len(str(v)) >= 8]
         stop_timeout = int(props.get("stop_timeout_s") or 30)
         name = physical_name(props)
         with client(props.get("docker_host")) as docker_client:
@@ -265,6 +402,8 @@ class ContainerProvider(ResourceProvider):
             except Exception as exc:
                 if container is not None:
                     remove(docker_client, container.id, 5)
+                else:
+                    remove_secrets(docker_client, name)
                 restarted = self._restart(stopped)
                 kept = f"started {', '.join(restarted)} again" if restarted else "untouched"
                 msg = f"{exc}\nthe running release of {props['name']} was kept ({kept})"
@@ -314,9 +453,11 @@ class ContainerProvider(ResourceProvider):
             return ReadResult(id_=id_, outs={**props, **_observed(container)})
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        """Stop (grace period) and remove; volumes are separate resources and stay."""
+        """Stop (grace period) and remove, with its secrets; data volumes are resources and stay."""
         with client(props.get("docker_host")) as docker_client:
             remove(docker_client, id_, int(props.get("stop_timeout_s") or 30))
+            if props.get("container_name"):  # gone already: its secrets volume may not be
+                remove_secrets(docker_client, str(props["container_name"]))
 
 
 def _observed(container: Any) -> dict[str, Any]:
@@ -330,7 +471,7 @@ def _observed(container: Any) -> dict[str, Any]:
 
 
 class Container(Resource, module="docker", name="Container"):
-    """A Docker container; ``env`` is a secret output (it carries credentials)."""
+    """A Docker container; ``env`` and ``secret_files`` are secret outputs (credentials)."""
 
     name: pulumi.Output[str]
     container_id: pulumi.Output[str]
@@ -344,7 +485,7 @@ class Container(Resource, module="docker", name="Container"):
         if unknown:
             msg = f"container {name}: unknown properties {sorted(unknown)}"
             raise ValueError(msg)
-        secret = pulumi.ResourceOptions(additional_secret_outputs=["env"])
+        secret = pulumi.ResourceOptions(additional_secret_outputs=["env", "secret_files"])
         super().__init__(
             ContainerProvider(),
             name,

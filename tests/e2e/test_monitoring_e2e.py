@@ -87,7 +87,7 @@ def test_monitoring_containers_run_healthy_and_publish_nothing(mon: Stack) -> No
 def test_no_credential_in_the_prometheus_config(mon: Stack) -> None:
     prom = mon.containers()["prometheus"]["Id"]
     text = docker("exec", prom, "cat", "/etc/appstack/prometheus.yml")
-    assert "credentials_file" in text and "/etc/appstack/secrets/minio-token" in text
+    assert "credentials_file" in text and "/run/secrets/minio-token" in text
     assert "Bearer ey" not in text and '"credentials":' not in text
     environ = docker("exec", prom, "cat", "/proc/1/environ")
     assert "APPSTACK_SECRET" not in environ, "the server runs without the secrets in its env"

@@ -16,6 +16,7 @@ import pytest
 
 from components.providers.container import (
     CONTAINER_KEYS,
+    OPTIONAL_KEYS,
     TUNING_KEYS,
     ContainerProvider,
     physical_name,
@@ -81,7 +82,7 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> Any:
 
 
 def test_the_fixture_sets_every_input_a_container_has() -> None:
-    assert set(CONTAINER_KEYS) | set(TUNING_KEYS) == set(NEWS)
+    assert set(CONTAINER_KEYS) | set(TUNING_KEYS) == set(NEWS) | set(OPTIONAL_KEYS)
 
 
 def test_the_same_inputs_are_no_change() -> None:
@@ -114,6 +115,7 @@ def test_a_new_image_replaces_create_before_delete() -> None:
         ("networks", [{"name": "dev-haven-internal", "aliases": ["gateway"]}]),
         ("labels", {**LABELS, "appstack.service": "gw"}),
         ("memory_mb", 512),
+        ("secret_files", {"postgres_password": "a-new-password"}),
     ],
 )
 def test_every_deciding_input_replaces_without_deleting_first(key: str, value: Any) -> None:
@@ -167,6 +169,16 @@ def test_each_release_has_a_physical_name_of_its_own() -> None:
     # Tuning and the engine's address do not make a new release.
     assert physical_name(news(rollout="stop-first", grace_s=1, wait_timeout_s=5)) == name
     assert physical_name(news(docker_host="ssh://deploy@host")) == name
+
+
+def test_secret_files_make_a_release_only_when_there_are_some() -> None:
+    name = physical_name(NEWS)
+    assert physical_name(news(secret_files={})) == name, "releases made before them keep theirs"
+    with_files = physical_name(news(secret_files={"postgres_password": "one-password"}))
+    assert with_files != name
+    rotated = physical_name(news(secret_files={"postgres_password": "another-password"}))
+    assert rotated not in (name, with_files), "a rotated secret is a new release"
+    assert not diff(olds(), news(secret_files={})).replaces
 
 
 # -- volumes and networks -------------------------------------------------------------------------

@@ -30,11 +30,11 @@ def monitoring(program: Program) -> dict[str, Any]:
 
 
 def files_of(container: Any) -> dict[str, str]:
-    """The files a container's command writes, by path: its env, read through the command."""
+    """A container's files by path: those its command writes from its env, and its secret files."""
     inputs = unwrap(container.inputs)
     script = inputs["command"][2]
     env = inputs["env"]
-    files = {}
+    files = {f"/run/secrets/{n}": v for n, v in (inputs.get("secret_files") or {}).items()}
     for line in script.splitlines():
         if line.startswith("printf '%s' "):
             var, path = line.removeprefix("printf '%s' \"$").split('" > ')
@@ -72,21 +72,23 @@ def test_networks_prometheus_reaches_the_edge_the_rest_is_internal(program: Prog
 def test_credentials_are_secret_and_only_in_files(program: Program) -> None:
     running = monitoring(program)
     for name in ("prometheus", "postgres-exporter"):
-        assert running[name].is_secret("env"), f"{name}'s env carries credentials"
+        assert running[name].is_secret("secret_files"), f"{name}'s secret files are credentials"
+        assert not any("SECRET" in k for k in unwrap(running[name].inputs)["env"]), name
     prom_files = files_of(running["prometheus"])
     prom = json.loads(prom_files["/etc/appstack/prometheus.yml"])
     minio = next(j for j in prom["scrape_configs"] if j["job_name"] == "minio")
-    assert minio["authorization"]["credentials_file"] == "/etc/appstack/secrets/minio-token"
-    token = prom_files["/etc/appstack/secrets/minio-token"]
+    assert minio["authorization"]["credentials_file"] == "/run/secrets/minio-token"
+    token = prom_files["/run/secrets/minio-token"]
     assert token.count(".") == 2, "a JWT"
     assert token not in json.dumps(prom)
     exporter = files_of(running["postgres-exporter"])
-    password = exporter["/etc/appstack/secrets/postgres-password"]
+    password = exporter["/run/secrets/postgres-password"]
     if program.stack == "staging":
         assert password == SECRET_VALUES["postgresPassword"]
     command = unwrap(running["postgres-exporter"].inputs)["command"][2]
     assert password not in command and "DATA_SOURCE_PASS_FILE=" in command
-    assert "exec env -u APPSTACK_FILE_0 -u APPSTACK_SECRET_0" in command
+    assert "DATA_SOURCE_PASS_FILE=/run/secrets/postgres-password" in command
+    assert "exec env -u APPSTACK_FILE_0 'env'" in command, "config vars leave the server's env"
 
 
 def test_prometheus_scrapes_the_edge_exporter_stores_and_loads_the_rules(program: Program) -> None:
@@ -188,15 +190,16 @@ def test_engramia_metrics_token_and_deep_health_probe() -> None:
     files = files_of(running["prometheus"])
     prom = json.loads(files["/etc/appstack/prometheus.yml"])
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
-    token_file = "/etc/appstack/secrets/engramia-metrics-token"
+    token_file = "/run/secrets/engramia-metrics-token"
     assert jobs["engramia"]["authorization"] == {"type": "Bearer", "credentials_file": token_file}
     assert files[token_file] == "generated-engramia-dev-engramia-metricsToken"
-    assert running["prometheus"].is_secret("env") and running["blackbox"].is_secret("env")
+    assert running["prometheus"].is_secret("secret_files")
+    assert running["blackbox"].is_secret("secret_files")
     probe = jobs["engramia_deep_error"]
     assert probe["params"] == {"module": ["engramia_deep_error"]}
     assert probe["static_configs"][0]["targets"] == ["http://api:8000/v1/health/deep"]
     blackbox = files_of(running["blackbox"])
-    key = blackbox["/etc/appstack/secrets/engramia-api-key"]
+    key = blackbox["/run/secrets/engramia-api-key"]
     assert key and "," not in key
     modules = json.loads(blackbox["/etc/appstack/blackbox.yml"])["modules"]
     assert set(modules) == {"engramia_deep_error", "engramia_deep_degraded"}

@@ -121,8 +121,39 @@ def test_secret_values_only_travel_as_secrets(program: Program) -> None:
     assert seen >= 7, "the secrets should reach the containers that need them"
     for name in ("gateway", "catalog", "search", "worker", "postgres", "minio"):
         res = next(r for r in program.of_type(CONTAINER) if r.inputs["name"].endswith(name))
-        assert res.is_secret("env"), f"{name}'s env holds a secret and must be secret"
+        # Images that read *_FILE get secret files; the others still need secret env.
+        carrier = "secret_files" if name in ("postgres", "minio") else "env"
+        assert res.is_secret(carrier), f"{name}'s {carrier} holds a secret and must be secret"
     assert "hostAgentSecret" in program.secret_outputs
+
+
+def test_images_that_read_secret_files_get_files_not_env(program: Program) -> None:
+    running = containers(program)
+    expected = {
+        "postgres": {"POSTGRES_PASSWORD"},
+        "minio": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"},
+    }
+    for name, keys in expected.items():
+        env, files = unwrap(running[name]["env"]), unwrap(running[name]["secret_files"])
+        assert set(files) == {k.lower() for k in keys}, name
+        for key in keys:
+            assert key not in env, f"{name} gets {key} as a file, not env"
+            assert env[f"{key}_FILE"] == f"/run/secrets/{key.lower()}"
+    for name in ("gateway", "catalog", "search", "worker", "qdrant", "caddy"):
+        assert not running[name].get("secret_files"), f"{name}'s image reads env only"
+
+
+def test_every_haven_service_runs_as_the_uid_kubernetes_forces(program: Program) -> None:
+    users = {name: c.get("user") for name, c in containers(program).items()}
+    assert users == {
+        **dict.fromkeys(("gateway", "catalog", "search", "worker"), "10001"),
+        "postgres": "999",
+        "qdrant": "1000",
+        "minio": "1000",
+        "caddy": None,  # the image's own user (the local image's 1000; README, Security)
+    }
+    for name in ("postgres", "minio"):
+        assert containers(program)[name]["cap_add"] == [], f"{name} starts non-root: no caps"
 
 
 def test_image_references_come_from_config(program: Program) -> None:
@@ -210,6 +241,8 @@ def test_containers_are_hardened(program: Program) -> None:
         assert "/tmp" in c["tmpfs"], name
         if name in SERVICES:
             assert c["read_only"] is True and c["cap_add"] == [], name
+        if name == "postgres":
+            assert c["read_only"] is True and "/var/run/postgresql" in c["tmpfs"], name
         if name == EDGE:
             # Exactly the one the official image's binary carries as a file capability.
             assert c["read_only"] is True and c["cap_add"] == ["NET_BIND_SERVICE"], name
