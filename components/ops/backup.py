@@ -127,7 +127,7 @@ def scratch_postgres(target: Target, password: str) -> Iterator[Target]:
     Yields the target that reaches it. Labelled as a task of the stack, so a killed run leaves it
     to the next run's sweep.
     """
-    from components.apps.common import DATASTORE_CAPS
+    from components.apps.common import POSTGRES_UID
     from components.providers.engine_base import client
 
     name = f"{target.name_prefix}-verify-db-{secrets.token_hex(3)}"
@@ -140,7 +140,8 @@ def scratch_postgres(target: Target, password: str) -> Iterator[Target]:
         container = docker_client.containers.run(
             target.client_image, name=name, detach=True, environment=env,
             network=target.network or None, labels=labels, cap_drop=["ALL"],
-            cap_add=list(DATASTORE_CAPS), security_opt=["no-new-privileges"],
+            user=POSTGRES_UID, tmpfs={"/tmp": "", "/var/run/postgresql": ""},
+            security_opt=["no-new-privileges"],
         )  # fmt: skip
         try:
             yield replace(target, db_host=name, db_port=5432, db_name=VERIFY_USER,
