@@ -204,11 +204,17 @@ class Stack:
         return newest
 
     def releases(self, service: str | None = None) -> list[dict[str, Any]]:
-        """Every container of this stack (of one service), old releases included."""
+        """Every release container of this stack (of one service), old releases included.
+
+        Only containers with a service label: one-off task containers of the stack (a migration's
+        psql, a secrets writer) are not releases.
+        """
         label = f"label=appstack.stack={self.name}"
         args = ["ps", "-aq", "--filter", label]
-        if service:
-            args += ["--filter", f"label=appstack.service={service}"]
+        args += [
+            "--filter",
+            f"label=appstack.service={service}" if service else "label=appstack.service",
+        ]
         ids = docker(*args).split()
         if not ids:
             return []

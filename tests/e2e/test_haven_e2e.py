@@ -237,6 +237,8 @@ def test_interrupted_up_converges_on_the_next_up(haven: Stack) -> None:
 def test_destroy_removes_containers_networks_and_unprotected_volumes(haven: Stack) -> None:
     haven.pulumi("destroy", "--yes", "--skip-preview", "--stack", haven.name, check=True)
     assert haven.containers() == {}
+    left = docker("ps", "-aq", "--filter", f"label=appstack.stack={haven.name}").split()
+    assert left == [], "no container of the stack at all, task containers included"
     nets = docker("network", "ls", "--format", "{{.Name}}").split()
     assert not [n for n in nets if n.startswith("e2e-haven-")]
     vols = docker("volume", "ls", "--format", "{{.Name}}").split()
