@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from pulumi.dynamic import (
 )
 
 from components import edge
-from components.providers.engine_base import EngineError, changed, client, not_found
+from components.providers.engine_base import EngineError, changed, client, exec_in, not_found
 from components.providers.runner import log_tail, redact
 
 KEYS = ("docker_host", "container_id", "upstream", "health_path", "health_status", "caddyfile",
@@ -46,17 +46,10 @@ DRAIN_S = 2.0
 _STATUS = re.compile(r"HTTP/\d(?:\.\d)? (\d{3})")
 
 
-def _exec(
-    container: Any, cmd: Sequence[str], env: Mapping[str, str] | None = None
-) -> tuple[int, str]:
-    result = container.exec_run(list(cmd), environment=dict(env or {}), demux=False)
-    return int(result.exit_code), (result.output or b"").decode("utf-8", "replace")
-
-
 def probe(container: Any, url: str) -> tuple[int | None, str]:
     """The status ``url`` answers from inside the edge container (``None``: no answer)."""
     # -S prints the response headers (GNU and busybox wget alike); a 4xx/5xx still shows them.
-    _code, out = _exec(container, ["wget", "-S", "-q", "-O", "/dev/null", "-T", "3", url])
+    _code, out = exec_in(container, ["wget", "-S", "-q", "-O", "/dev/null", "-T", "3", url])
     found = _STATUS.findall(out)
     return (int(found[-1]) if found else None), out
 
@@ -90,13 +83,13 @@ def _write_and_reload(container: Any, props: Mapping[str, Any]) -> None:
             f'printf "%s" "$APPSTACK_FILE_{i}" > {path}',
         ]
     script.append(f'printf "%s" "$APPSTACK_CADDYFILE" > {edge.CONFIG_FILE}')
-    code, out = _exec(container, ["sh", "-c", " && ".join(script)], env)
+    code, out = exec_in(container, ["sh", "-c", " && ".join(script)], env)
     secrets = list(files.values())
     if code != 0:
         msg = f"edge: writing its configuration failed ({code}): {redact(log_tail(out), secrets)}"
         raise EngineError(msg)
     reload = ["caddy", "reload", "--config", edge.CONFIG_FILE, "--adapter", "caddyfile", "--force"]
-    code, out = _exec(container, reload)
+    code, out = exec_in(container, reload)
     if code != 0:
         msg = (
             f"edge: Caddy refused the new configuration ({code}); it keeps the running one:\n"
@@ -108,7 +101,7 @@ def _write_and_reload(container: Any, props: Mapping[str, Any]) -> None:
 def _internal_ca(container: Any) -> str:
     end = time.monotonic() + 30
     while True:
-        code, out = _exec(container, ["cat", edge.INTERNAL_CA])
+        code, out = exec_in(container, ["cat", edge.INTERNAL_CA])
         if code == 0 and "BEGIN CERTIFICATE" in out:
             return out
         if time.monotonic() > end:

@@ -62,3 +62,11 @@ def norm(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [norm(v) for v in value]
     return value
+
+
+def exec_in(
+    container: Any, cmd: Sequence[str], env: Mapping[str, str] | None = None
+) -> tuple[int, str]:
+    """Run ``cmd`` inside a running container (``docker exec``): exit code and combined output."""
+    result = container.exec_run(list(cmd), environment=dict(env or {}), demux=False)
+    return int(result.exit_code), (result.output or b"").decode("utf-8", "replace")

@@ -16,7 +16,7 @@ import pulumi
 
 from components import edge
 from components.providers.container import predecessors
-from components.providers.engine_base import EngineError, client
+from components.providers.engine_base import EngineError, client, exec_in
 
 _OPEN = f'mkdir -p "$(dirname {edge.WINDOW_FILE})" && date -u +%FT%TZ > {edge.WINDOW_FILE}'
 _CLOSE = f"if [ -e {edge.WINDOW_FILE} ]; then rm -f {edge.WINDOW_FILE} && echo closed; fi"
@@ -28,14 +28,11 @@ def _edges(docker_client: Any, window: Mapping[str, Any]) -> list[Any]:
 
 
 def _sh(container: Any, script: str) -> str:
-    result = container.exec_run(["sh", "-c", script], demux=False)
-    out = (result.output or b"").decode("utf-8", "replace").strip()
-    if result.exit_code != 0:
-        msg = (
-            f"maintenance window: `{script}` failed in {container.name} ({result.exit_code}): {out}"
-        )
+    code, out = exec_in(container, ["sh", "-c", script])
+    if code != 0:
+        msg = f"maintenance window: `{script}` failed in {container.name} ({code}): {out.strip()}"
         raise EngineError(msg)
-    return out
+    return out.strip()
 
 
 def open_window(docker_host: str | None, window: Mapping[str, Any]) -> str:
