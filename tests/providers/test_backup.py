@@ -62,6 +62,7 @@ def test_a_rollback_restore_never_prunes_the_backup_it_restores(
     access: tuple[Any, ...] = (runner, db.target, db.password, [], "haven")
     monkeypatch.setattr(cli, "_db_access", lambda _stack: access)
     monkeypatch.setattr(cli, "APPS_WITH_CHUNKS", ())
+    monkeypatch.setattr(cli.backup, "store_of", lambda _stack: None)  # no off-host store
     fresh = cli._restore(None, restore_point)  # type: ignore[arg-type]
     kept = list_backups(runner, db.target)
     assert restore_point in kept and fresh in kept

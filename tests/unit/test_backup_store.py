@@ -144,7 +144,7 @@ def test_encryption_round_trips_and_a_wrong_key_or_name_fails_clearly() -> None:
     sealed = encrypt(dump, parse_key(KEY_B64), "a.dump")
     assert sealed.startswith(ENCRYPTED_MAGIC) and b"PGDMP" not in sealed
     assert decrypt(sealed, parse_key(KEY_B64), "a.dump") == dump
-    with pytest.raises(StoreError, match="a.dump in the bucket cannot be decrypted"):
+    with pytest.raises(StoreError, match=r"a\.dump in the bucket cannot be decrypted"):
         decrypt(sealed, bytes(32), "a.dump")
     with pytest.raises(StoreError, match="cannot be decrypted"):
         decrypt(sealed, parse_key(KEY_B64), "b.dump")  # bound to its name: no swapping objects
