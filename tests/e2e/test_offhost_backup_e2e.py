@@ -203,7 +203,9 @@ def test_encrypted_objects_are_not_dumps_yet_restore(s3b: Stack, store: StoreCon
     key = base64.b64encode(secrets.token_bytes(32)).decode()
     s3b.set_config("appstack:backupEncryptionKey", key, secret=True)
     s3b.up()  # the Migration's inputs (and so the CLI) get the key
-    assert key not in str(s3b.export()), "the key must never be in the state in plaintext"
+    state = str(s3b.export())
+    for secret in (key, store.secret_key, store.access_key):
+        assert secret not in state, "the store's secrets must never be in the state in plaintext"
     name, checksum = _take(s3b, "sealed")
     body = _body(store, name)
     assert not body.startswith(b"PGDMP") and b"PGDMP" not in body[:4096]
