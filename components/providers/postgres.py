@@ -612,9 +612,10 @@ def take_backup(
     raise MigrationError(msg)
 
 
-def fetched_files(backup_id: str, data: bytes) -> dict[str, bytes]:
-    """A dump fetched from the store (and its checksum line) as task files under ``FETCHED``."""
-    line = f"{hashlib.sha256(data).hexdigest()}  {backup_id}\n".encode()
+def fetched_files(backup_id: str, data: bytes, sha256: str = "") -> dict[str, bytes]:
+    """A dump fetched from the store and its checksum line (``sha256``, the recorded one, else
+    the dump's own) as task files under ``FETCHED``: the task checks the dump against it."""
+    line = f"{sha256 or hashlib.sha256(data).hexdigest()}  {backup_id}\n".encode()
     return {f"{FETCHED}/{backup_id}": data, f"{FETCHED}/{backup_id}{CHECKSUM_SUFFIX}": line}
 
 
@@ -630,10 +631,12 @@ def restore_backup(
     backup_id: str,
     connect_deadline_s: float = 30.0,
     data: bytes | None = None,
+    sha256: str = "",
 ) -> None:
     """Replace the database's public schema with a backup, in one transaction.
 
-    ``data``: the dump itself (fetched from the off-host store), instead of the volume's file.
+    ``data``: the dump itself (fetched from the off-host store), instead of the volume's file,
+    checked against ``sha256`` (the recorded checksum) when given.
     """
     if not _BACKUP_ID.match(backup_id):
         msg = f"backup id {backup_id!r} is not a backup file name"
@@ -642,8 +645,9 @@ def restore_backup(
     if data is None:
         task = conn.task(runner, "restore", RESTORE_SH, env={"BACKUP_ID": backup_id}, backups=True)
     else:
-        task = conn.task(runner, "restore", FROM_FETCHED + RESTORE_SH,
-                         fetched_files(backup_id, data), env={"BACKUP_ID": backup_id})  # fmt: skip
+        files = fetched_files(backup_id, data, sha256)
+        env = {"BACKUP_ID": backup_id}
+        task = conn.task(runner, "restore", FROM_FETCHED + RESTORE_SH, files, env=env)
     try:
         conn.run(runner, task)
     except TaskError as exc:
