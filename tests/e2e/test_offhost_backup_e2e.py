@@ -216,3 +216,12 @@ def test_encrypted_objects_are_not_dumps_yet_restore(s3b: Stack, store: StoreCon
     assert verified.code == 0, verified.text
     assert f"backup {name}: sha256 {checksum} matches" in verified.stdout
     assert _rows(verified.stdout, "documents") == 3
+
+    # Another key (a rotated or mistyped one): the object does not authenticate, nothing restores.
+    s3b.set_config(
+        "appstack:backupEncryptionKey", base64.b64encode(bytes(32)).decode(), secret=True
+    )
+    s3b.up()
+    wrong = s3b.appstack("backup", "verify", name)
+    assert wrong.code == 1, wrong.text
+    assert f"backup {name} in the bucket cannot be decrypted" in wrong.stderr, wrong.stderr
