@@ -31,6 +31,7 @@ from components.providers.postgres import (
     MARK,
     Conn,
     MigrationError,
+    backup_files,
     markers,
     read_releases,
     take_backup,
@@ -450,11 +451,12 @@ def take_and_ship(
     keep_protected = {*protect, *needed_by_history(runner, conn)}
     name = take_backup(runner, target, password, label, keep=keep,
                        connect_deadline_s=connect_deadline_s, protect=keep_protected)  # fmt: skip
+    if store is None:  # the checksum the backup task wrote beside it; the dump stays put
+        sha256 = next((f.sha256 for f in backup_files(runner, target) if f.name == name), "")
+        return Taken(name, sha256, local=True, shipped=False)
     data, sha256 = read_dump(runner, target, name)
     if not sha256:
         sha256 = hashlib.sha256(data).hexdigest()
-    if store is None:
-        return Taken(name, sha256, local=True, shipped=False)
     stack = target.stack or target.name_prefix
     ship(store, stack, name, data, sha256)
     pruned = prune(store, stack, {*keep_protected, name})

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from components.ops import cli
-from components.providers.backup_store import take_and_ship
+from components.providers.backup_store import read_dump, take_and_ship
 from components.providers.postgres import (
     Conn,
     MigrationError,
@@ -121,3 +121,15 @@ def test_a_restore_takes_the_dump_as_a_file_when_the_volume_lacks_it(db: Db) -> 
     with pytest.raises(MigrationError, match=f"backup {name} is corrupt"):
         restore_backup(runner, db.target, db.password, name, data=data[:-10] + bytes(10),
                        sha256=hashlib.sha256(data).hexdigest())  # fmt: skip
+
+
+def test_a_dump_is_read_out_of_the_volume_through_a_task(db: Db) -> None:
+    """Runners without an archive API (local, Kubernetes) print the dump in base64."""
+    runner = LocalRunner(str(db.workdir))
+    db.app_sql("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 5000)")
+    name = take_backup(runner, db.target, db.password, "r1", keep=3)
+    data, sha256 = read_dump(runner, db.target, name)
+    assert data == (_volume(db) / name).read_bytes() and data.startswith(b"PGDMP")
+    assert sha256 == hashlib.sha256(data).hexdigest()
+    with pytest.raises(MigrationError, match=r"backup nope\.dump is not in volume"):
+        read_dump(runner, db.target, "nope.dump")
