@@ -9,7 +9,7 @@ Enforcement (README "Policies" says why each is what it is):
 | images-pinned | mandatory | every container image: no :latest, no missing tag |
 | prod-images-by-digest | advisory | the same, on prod stacks: ``@sha256:`` digests |
 | resource-limits | mandatory | memory and CPU limits on every container |
-| workload-hardening | mandatory | non-root, read-only root (where the spec says), no-new-privileges |
+| workload-hardening | mandatory | non-root, read-only root (per spec), no-new-privileges |
 | protected-data-volumes | mandatory | Docker volumes and PVCs outside dev: ``protect`` |
 | no-exposing-services-on-prod | mandatory | NodePort / LoadBalancer Services on prod stacks |
 
@@ -53,7 +53,7 @@ from policy import rules
 
 NAME = "appstack"
 SIG_KEY = "4dabf18193072939515e22adb298388d"
-SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # noqa: S105 (a wire-format marker)
 UNKNOWNS = frozenset(
     {
         UNKNOWN_ARCHIVE_VALUE, UNKNOWN_ARRAY_VALUE, UNKNOWN_ASSET_VALUE, UNKNOWN_BOOLEAN_VALUE,
@@ -123,7 +123,8 @@ def resource_policy(
 
     def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
         props = plain(args.props)
-        for problem in check(args.resource_type, args.urn, props, args.opts, args.get_config() or {}):
+        config = args.get_config() or {}
+        for problem in check(args.resource_type, args.urn, props, args.opts, config):
             report(problem, args.urn)
 
     return ResourceValidationPolicy(
@@ -177,7 +178,7 @@ def _no_exposing(t: str, urn: str, props: dict[str, Any], opts: Any, cfg: Any) -
 def _one_public_entry(args: StackValidationArgs, report: ReportViolation) -> None:
     resources = [(r.resource_type, r.urn, plain(r.props)) for r in args.resources]
     for problem in rules.public_entry_problems(resources):
-        report(problem)
+        report(problem, None)
 
 
 MANDATORY = EnforcementLevel.MANDATORY

@@ -170,7 +170,7 @@ def digest_problem(image: Any) -> str | None:
 
 def limit_problems(resource_type: str, props: Mapping[str, Any]) -> list[str]:
     """Containers without a memory or CPU limit."""
-    problems = []
+    problems: list[str] = []
     if resource_type == DOCKER_CONTAINER:
         where = f"container {props.get('name')}"
         for key in ("memory_mb", "cpus"):
@@ -183,7 +183,8 @@ def limit_problems(resource_type: str, props: Mapping[str, Any]) -> list[str]:
         limits = _get(container, "resources", "limits")
         if not known(limits):
             continue
-        missing = [k for k in ("memory", "cpu") if not isinstance(limits, Mapping) or not limits.get(k)]
+        given = limits if isinstance(limits, Mapping) else {}
+        missing = [k for k in ("memory", "cpu") if not given.get(k)]
         if missing:
             problems.append(f"{_where(container)} has no {' or '.join(missing)} limit")
     return problems
@@ -202,7 +203,7 @@ def hardening_problems(
     resource_type: str, props: Mapping[str, Any], writable: Sequence[str] = WRITABLE_ROOT
 ) -> list[str]:
     """Root users and writable roots where the service's spec says otherwise."""
-    problems = []
+    problems: list[str] = []
     if resource_type == DOCKER_CONTAINER:
         where = f"container {props.get('name')}"
         service = _get(props, "labels", SERVICE_LABEL)
@@ -252,7 +253,7 @@ def secret_env_problems(resource_type: str, props: Mapping[str, Any]) -> list[st
     (``valueFrom.secretKeyRef``), never a literal ``value`` in the pod template, which anyone
     who can read the Deployment reads, secret input or not.
     """
-    problems = []
+    problems: list[str] = []
     if resource_type == DOCKER_CONTAINER:
         env = props.get("env")
         if not isinstance(env, Mapping):
@@ -317,7 +318,9 @@ def public_entry_problems(resources: Sequence[tuple[str, str, Mapping[str, Any]]
     Docker: the edge (service label ``caddy``) is the only container that publishes a port, and
     there is exactly one; a port another container binds to a loopback address only (Prometheus's
     ``monitoring.prometheusPort``) reaches no other host and is no entry. Kubernetes: exactly one
-    Ingress, and no Service of type NodePort or LoadBalancer (an entry beside the Ingress).
+    Ingress, and no Service of type LoadBalancer (an entry beside the Ingress). A NodePort opens a
+    port on the nodes, which outside prod is a common way in to a local cluster: it is refused on
+    prod stacks by its own policy (``no-exposing-services-on-prod``).
     A stack with no container and no workload has no entry to check.
     """
     problems: list[str] = []
@@ -339,13 +342,15 @@ def public_entry_problems(resources: Sequence[tuple[str, str, Mapping[str, Any]]
                 )
         if len(entries) != 1:
             names = ", ".join(name_of(u) for u in entries) or "none"
-            problems.append(f"the stack has {len(entries)} public entries on Docker ({names}), not 1")
+            count = len(entries)
+            problems.append(f"the stack has {count} public entries on Docker ({names}), not 1")
     workloads = [urn for t, urn, _ in resources if t in POD_SPEC_PATHS]
     ingresses = [urn for t, urn, _ in resources if t == K8S_INGRESS]
     for t, urn, props in resources:
-        kind = exposing_service_type(t, props)
-        if kind:
-            problems.append(f"Service {name_of(urn)} is of type {kind}: an entry beside the Ingress")
+        if exposing_service_type(t, props) == "LoadBalancer":
+            problems.append(
+                f"Service {name_of(urn)} is a LoadBalancer: an entry beside the Ingress"
+            )
     if workloads and len(ingresses) != 1:
         names = ", ".join(name_of(u) for u in ingresses) or "none"
         problems.append(f"the stack has {len(ingresses)} Ingresses ({names}), not 1")
