@@ -50,6 +50,7 @@ class Step:
     urn: str
     type: str
     diffs: tuple[str, ...] = ()
+    """The properties that change, ``path (kind)`` (from the engine's detailed diff)."""
 
     @property
     def name(self) -> str:
@@ -120,7 +121,10 @@ def _take(report: PreviewReport, event: dict[str, Any]) -> None:
         meta = event["resourcePreEvent"].get("metadata") or {}
         op = str(meta.get("op", ""))
         if op in SHOWN_OPS:
-            diffs = tuple(str(d) for d in (meta.get("diffs") or ()))
+            detailed = meta.get("detailedDiff") or {}
+            diffs = tuple(
+                f"{path} ({(d or {}).get('diffKind', 'update')})" for path, d in detailed.items()
+            ) or tuple(str(d) for d in (meta.get("diffs") or ()))
             report.steps.append(
                 Step(op, str(meta.get("urn", "")), str(meta.get("type", "")), diffs)
             )
@@ -181,8 +185,8 @@ def render_stack(stack: str, report: PreviewReport) -> str:
         lines.append("")
     lines += ["<details><summary>Diff</summary>", "", "```diff"]
     for step in report.steps[:MAX_STEPS]:
-        keys = f" [{', '.join(step.diffs)}]" if step.diffs else ""
-        lines.append(f"{OP_SYMBOLS[step.op]} {step.type} {step.name} ({step.op}){keys}")
+        lines.append(f"{OP_SYMBOLS[step.op]} {step.type} {step.name} ({step.op})")
+        lines += [f"    {diff}" for diff in step.diffs]
     if len(report.steps) > MAX_STEPS:
         lines.append(f"... and {len(report.steps) - MAX_STEPS} more")
     if not report.steps:
