@@ -13,9 +13,11 @@ group).
 
 ``Run`` runs the SDK's ``pulumi-language-python-exec`` (found next to the path the engine started
 this plugin with, i.e. in the toolchain bin dir, else on PATH) with the project's virtualenv python.
+``RunPlugin`` runs a plugin written in Python, here the policy pack (``policy/``), as the official
+host does: ``<venv python> <plugin dir> ARGS``, its output streamed back to the engine.
 Everything else the official host does (installing dependencies, codegen, templates, packing,
-linking, Python plugins/policy packs) is not implemented: those calls answer UNIMPLEMENTED or
-report that there is nothing to do.
+linking) is not implemented: those calls answer UNIMPLEMENTED or report that there is nothing to
+do.
 """
 
 from __future__ import annotations
