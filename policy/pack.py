@@ -158,7 +158,7 @@ def _hardening(t: str, urn: str, props: dict[str, Any], opts: Any, cfg: Any) -> 
 
 
 def _secret_env(t: str, urn: str, props: dict[str, Any], opts: Any, cfg: Any) -> list[str]:
-    return rules.secret_env_problems(t, props)
+    return rules.secret_env_problems(t, props, cfg.get("notSecret") or rules.NOT_SECRET)
 
 
 def _protected(t: str, urn: str, props: dict[str, Any], opts: Any, cfg: Any) -> list[str]:
@@ -200,6 +200,9 @@ def policies() -> list[sdk_policy.Policy]:
             "Secret-looking variables come from secret inputs, secret files or Secrets.",
             MANDATORY,
             _secret_env,
+            PolicyConfigSchema(
+                properties={"notSecret": {"type": "array", "items": {"type": "string"}}}
+            ),
         ),
         resource_policy(
             "images-pinned",

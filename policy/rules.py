@@ -240,12 +240,19 @@ def hardening_problems(
 # -- secrets --------------------------------------------------------------------------------------
 
 
-def _carries_secret(key: str) -> bool:
+NOT_SECRET = ("ENGRAMIA_RATE_LIMIT_PER_KEY",)
+"""Names ``looks_secret`` takes for secrets that are not: Engramia's rate limit per API key is
+an integer of requests per minute (DESIGN.md). The policy's ``notSecret`` config replaces it."""
+
+
+def _carries_secret(key: str, not_secret: Sequence[str]) -> bool:
     # A *_FILE variable holds the path of a secret file, not the secret.
-    return looks_secret(key) and not key.upper().endswith("_FILE")
+    return looks_secret(key) and not key.upper().endswith("_FILE") and key not in not_secret
 
 
-def secret_env_problems(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+def secret_env_problems(
+    resource_type: str, props: Mapping[str, Any], not_secret: Sequence[str] = NOT_SECRET
+) -> list[str]:
     """Secret-looking variables (``looks_secret``) fed from a plain value.
 
     Docker: the value must reach the container as a secret input (the engine marks it) or as a
@@ -259,7 +266,7 @@ def secret_env_problems(resource_type: str, props: Mapping[str, Any]) -> list[st
         if not isinstance(env, Mapping):
             return problems
         for key, value in sorted(env.items()):
-            if not _carries_secret(str(key)) or not known(value) or value in (None, ""):
+            if not _carries_secret(str(key), not_secret) or not known(value) or value in (None, ""):
                 continue
             if not isinstance(value, SecretText):
                 where = f"container {props.get('name')}"
@@ -268,7 +275,8 @@ def secret_env_problems(resource_type: str, props: Mapping[str, Any]) -> list[st
     spec = pod_spec(resource_type, props)
     for container in k8s_containers(spec) if spec is not None else ():
         for var in _list(container.get("env")):
-            if not isinstance(var, Mapping) or not _carries_secret(str(var.get("name", ""))):
+            name = str(var.get("name", "")) if isinstance(var, Mapping) else ""
+            if not _carries_secret(name, not_secret):
                 continue
             if var.get("value") not in (None, ""):
                 problems.append(

@@ -273,7 +273,10 @@ def test_appstack_dev_stack_passes(tmp_path: Path) -> None:
 
 
 @k8s
-def test_appstack_prod_on_kubernetes_passes_its_mandatory_policies(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("base", "app_name"), [("prod", "haven"), ("engramia-prod", "engramia")])
+def test_appstack_prod_on_kubernetes_passes_its_mandatory_policies(
+    tmp_path: Path, base: str, app_name: str
+) -> None:
     work = tmp_path / "project"
     work.mkdir()
     for item in ("__main__.py", "Pulumi.yaml", "components", "requirements.txt"):
@@ -285,14 +288,14 @@ def test_appstack_prod_on_kubernetes_passes_its_mandatory_policies(tmp_path: Pat
     project: dict[str, Any] = yaml.safe_load((work / "Pulumi.yaml").read_text())
     project["runtime"]["options"]["virtualenv"] = str(ROOT / ".venv")
     (work / "Pulumi.yaml").write_text(yaml.safe_dump(project))
-    config = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())["config"]
-    config.update(kubernetes_config("prod", renderManifestsTo=str(tmp_path / "manifests")))
+    config = yaml.safe_load((ROOT / f"Pulumi.{base}.yaml").read_text())["config"]
+    config.update(kubernetes_config(base, renderManifestsTo=str(tmp_path / "manifests")))
     (work / "Pulumi.pol-prod.yaml").write_text(yaml.safe_dump({"config": config}))
     (tmp_path / "state").mkdir()
     env = _env(tmp_path / "state")
     env.pop("KUBECONFIG", None)
     run(work, env, "stack", "init", "pol-prod")
-    for key, value in secret_values("haven").items():
+    for key, value in secret_values(app_name).items():
         run(work, env, "config", "set", "--stack", "pol-prod", "--secret", f"appstack:{key}", value)
     result = preview(work, env, "pol-prod")
     passed(result)

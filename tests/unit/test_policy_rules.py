@@ -11,6 +11,8 @@ import pytest
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
 from policy import pack, rules
+from tests.unit.harness import SECRET_VALUES, Program, run, unwrap
+from tests.unit.test_engramia import ENGRAMIA_SECRETS
 
 URN = "urn:pulumi:{stack}::appstack::pulumi-python:dynamic/docker:Container::{name}"
 
@@ -185,3 +187,46 @@ def test_pack_levels() -> None:
     levels = {p.name: p.enforcement_level for p in pack.policies()}
     assert levels.pop("prod-images-by-digest") == pack.ADVISORY
     assert set(levels.values()) == {pack.MANDATORY} and len(levels) == 7
+
+
+def _mandatory_problems(program: Program) -> list[str]:
+    """What the pack's mandatory rules say about every resource a program registered."""
+    resources = [(r.type, r.urn, pack.plain(pack.mark_secrets(r.raw))) for r in program.resources]
+    env = rules.environment(f"urn:pulumi:{program.stack}::appstack", None)  # mocks' URNs: "stack"
+    found = rules.public_entry_problems(resources)
+    for (kind, urn_, props), reg in zip(resources, program.resources, strict=True):
+        found += [rules.tag_problem(image) or "" for _, image in rules.images(kind, props)]
+        found += rules.limit_problems(kind, props) + rules.hardening_problems(kind, props)
+        found += rules.secret_env_problems(kind, props)
+        if rules.is_data_volume(kind) and env != "dev":
+            found += [] if reg.protect else [f"{urn_} not protected"]
+        if env == "prod" and rules.exposing_service_type(kind, props):
+            found.append(f"{urn_} exposes a Service")
+    return [f for f in found if f]
+
+
+@pytest.mark.parametrize(
+    ("stack", "secrets"),
+    [
+        ("dev", {}),
+        ("engramia-dev", {}),
+        ("staging", SECRET_VALUES),
+        ("prod", SECRET_VALUES),
+        ("engramia-prod", ENGRAMIA_SECRETS),
+    ],
+)
+def test_every_stack_of_the_repository_keeps_the_mandatory_rules(
+    stack: str, secrets: dict[str, str]
+) -> None:
+    program = run(stack, secrets=secrets)
+    kinds = {r.type for r in program.resources}
+    assert rules.DOCKER_CONTAINER in kinds or "kubernetes:apps/v1:Deployment" in kinds
+    assert _mandatory_problems(program) == []
+
+
+def test_the_writable_roots_are_those_the_specs_ask_for() -> None:
+    program = run("staging", secrets=SECRET_VALUES)
+    containers = program.of_type(rules.DOCKER_CONTAINER)
+    writable = {unwrap(c.inputs["labels"])["appstack.service"] for c in containers
+                if unwrap(c.inputs["read_only"]) is False}  # fmt: skip
+    assert writable == set(rules.WRITABLE_ROOT)
