@@ -168,6 +168,7 @@ def render_stack(stack: str, report: PreviewReport) -> str:
     packs = ", ".join(f"{name}@v{version}" for name, version in sorted(report.packs.items()))
     mandatory = sum(v.mandatory for v in report.violations)
     advisory = len(report.violations) - mandatory
+    lines.append("")
     lines.append(
         f"**Policies:** {packs or 'no policy pack ran'}: "
         f"{mandatory} mandatory, {advisory} advisory violation(s)"
