@@ -89,6 +89,12 @@ def preview(workdir: Path, env: dict[str, str], stack: str, *extra: str) -> Prev
         ["pulumi", *args, "--non-interactive"],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
+    if "failed to start" in text.stderr and "Method not implemented" in text.stderr:
+        pytest.fail(
+            "the language host the engine ran has no RunPlugin: the shared toolchain's link "
+            "(tools/toolchain.sh, the last checkout that ran tools/env.sh) points to a checkout "
+            f"without it:\n{text.stderr[-2000:]}"
+        )
     assert proc.returncode == text.returncode, (proc.stderr, text.stdout)
     assert "from $PATH" not in text.stdout + text.stderr
     return Preview(
