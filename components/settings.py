@@ -223,6 +223,9 @@ class MonitoringSettings:
     the prometheus-operator's CRDs), ``true`` (required), ``false``."""
     operator_namespace: str = "monitoring"
     """Kubernetes: namespace of the operator's Prometheus, let in to scrape the targets."""
+    operator_labels: Mapping[str, str] = field(default_factory=dict)
+    """Kubernetes: labels on the PrometheusRule/ServiceMonitor objects (the operator's
+    Prometheus selects them by label, e.g. ``release: kube-prometheus-stack``)."""
 
 
 @dataclass(frozen=True)
@@ -794,7 +797,7 @@ def _parse_kubernetes(r: _Reader, stack: str, app: str) -> KubernetesSettings:
 
 _MONITORING_KEYS = (
     "enabled", "stalledAfter", "storageBudget", "scrapeInterval", "retention", "prometheusPort",
-    "qdrantMetrics", "minioMetrics", "images", "operator", "operatorNamespace",
+    "qdrantMetrics", "minioMetrics", "images", "operator", "operatorNamespace", "operatorLabels",
 )  # fmt: skip
 MONITORING_OPERATOR = ("auto", "true", "false")
 
@@ -827,6 +830,15 @@ def _parse_monitoring(r: _Reader, default: bool, platform: str) -> MonitoringSet
     if not isinstance(operator_ns, str) or not _K8S_NAME.match(operator_ns):
         r.fail("monitoring.operatorNamespace", f"must be a namespace name, got {operator_ns!r}")
         operator_ns = MonitoringSettings.operator_namespace
+    operator_labels = raw.get("operatorLabels") or {}
+    if not isinstance(operator_labels, dict) or not all(
+        isinstance(k, str) and _K8S_NAME.match(k.rpartition("/")[2]) and isinstance(v, str)
+        for k, v in operator_labels.items()
+    ):
+        r.fail(
+            "monitoring.operatorLabels", f"must map label names to strings, got {operator_labels!r}"
+        )
+        operator_labels = {}
     if raw.get("prometheusPort") is not None and platform == "kubernetes":
         r.fail(
             "monitoring.prometheusPort",
@@ -893,6 +905,7 @@ def _parse_monitoring(r: _Reader, default: bool, platform: str) -> MonitoringSet
         images=images,
         operator=operator,
         operator_namespace=operator_ns,
+        operator_labels=dict(operator_labels),
     )
 
 

@@ -17,8 +17,8 @@ from components.spec import AppSpec
 
 QDRANT_PORT = 6333
 MINIO_PORT = 9000
-MINIO_TOKEN = "minio-token"
-ENGRAMIA_TOKEN = "engramia-metrics-token"
+MINIO_TOKEN = "minio-token"  # noqa: S105 - a file name, not a credential
+ENGRAMIA_TOKEN = "engramia-metrics-token"  # noqa: S105 - a file name
 
 
 @dataclass(frozen=True)
