@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from pathlib import PurePosixPath
 from typing import Any
 
 import pulumi
@@ -30,13 +29,13 @@ import pulumi_kubernetes as k8s
 
 from components.monitoring import config, operator, targets
 from components.platforms.k8s_base import NAME_LABEL, TMPFS_SIZE
+from components.platforms.k8s_monitoring_wiring import CREDENTIALS_SECRET, MonitoringWiring
 from components.platforms.k8s_storage import Storage
 from components.platforms.k8s_workloads import Workloads
 from components.spec import AppSpec
 
 MONITORING_UID = 65534
 """nobody: the user of the local images (tools/images) and of the official ones."""
-COMPONENT_LABEL = "app.kubernetes.io/component"
 PROMETHEUS_CLAIM = "prometheus-data"
 TSDB_PATH = "/prometheus"
 CONFIG_MOUNT = f"{config.CONFIG_DIR}/config"
@@ -48,7 +47,6 @@ BINARIES = {
     "blackbox": ("prometheus-blackbox-exporter", "blackbox_exporter"),
 }
 """The server's binary: Debian's name (the local images), else the official image's."""
-CREDENTIALS_SECRET = "prometheus-credentials"  # noqa: S105 - a Secret's name
 
 PORTS = {
     "prometheus": config.PROMETHEUS_PORT,
@@ -82,12 +80,11 @@ def config_hash(files: Mapping[str, str]) -> str:
     return digest.hexdigest()[:16]
 
 
-class MonitoringParts(Workloads, Storage):
+class MonitoringParts(MonitoringWiring, Workloads, Storage):
     """Prometheus, Alertmanager and the exporters of a ``KubernetesApp``."""
 
     _monitored: AppSpec
     """The app as its spec says (with its edge), which the scrape jobs are read from."""
-    _operator: bool
 
     def _create_monitoring(self) -> dict[str, pulumi.CustomResource]:
         """Every monitoring object; the Deployments by name (empty when monitoring is off)."""
@@ -118,9 +115,6 @@ class MonitoringParts(Workloads, Storage):
         return deployments
 
     # -- objects shared by the parts ---------------------------------------------------------
-
-    def _mon_labels(self, name: str) -> dict[str, str]:
-        return {**self._labels(name), COMPONENT_LABEL: "monitoring"}
 
     def _mon_secret(self, name: str, values: Mapping[str, pulumi.Input[str]]) -> Any:
         return k8s.core.v1.Secret(
@@ -336,104 +330,3 @@ class MonitoringParts(Workloads, Storage):
         return self._mon_deployment(
             "blackbox", args, volumes, {"blackbox.yml": text}, ready_path="/-/healthy"
         )
-
-    # -- network policies --------------------------------------------------------------------
-
-    def _create_monitoring_policies(self, jobs: list[targets.Scrape], blackbox: bool) -> None:
-        """Exactly the monitoring's connections, added to the namespace's default-deny."""
-        edges = [("prometheus", job.service, job.port) for job in jobs]
-        db = self._app.migration.database if self._app.migration else None
-        if db is not None:
-            edges.append(("postgres-exporter", db.service, db.port))
-        if blackbox:
-            edges.append(("prometheus", "blackbox", config.BLACKBOX_PORT))
-            edges.append(("blackbox", "api", self._app.service("api").port or 0))
-        edges = sorted(set(edges))
-        scraped = {(job.service, job.port) for job in jobs}
-        outside = self._settings.monitoring.operator_namespace if self._operator else None
-        servers = sorted({(server, port) for _, server, port in edges})
-        for server, port in servers:
-            ingress: list[dict[str, Any]] = [
-                {
-                    "from_": [{"pod_selector": {"match_labels": {NAME_LABEL: client}}}],
-                    "ports": [{"protocol": "TCP", "port": port}],
-                }
-                for client, s, p in edges
-                if (s, p) == (server, port)
-            ]
-            if outside and (server, port) in scraped:
-                ns = {"kubernetes.io/metadata.name": outside}
-                ingress.append(
-                    {
-                        "from_": [{"namespace_selector": {"match_labels": ns}}],
-                        "ports": [{"protocol": "TCP", "port": port}],
-                    }
-                )
-            self._mon_policy(
-                f"monitoring-to-{server}-{port}",
-                {
-                    "pod_selector": {"match_labels": {NAME_LABEL: server}},
-                    "policy_types": ["Ingress"],
-                    "ingress": ingress,
-                },
-            )
-        for client in sorted({c for c, _, _ in edges}):
-            egress = [
-                {
-                    "to": [{"pod_selector": {"match_labels": {NAME_LABEL: server}}}],
-                    "ports": [{"protocol": "TCP", "port": port}],
-                }
-                for c, server, port in edges
-                if c == client
-            ]
-            self._mon_policy(
-                f"monitoring-from-{client}",
-                {
-                    "pod_selector": {"match_labels": {NAME_LABEL: client}},
-                    "policy_types": ["Egress"],
-                    "egress": egress,
-                },
-            )
-
-    def _mon_policy(self, name: str, spec: dict[str, Any]) -> None:
-        k8s.networking.v1.NetworkPolicy(
-            f"{self._name}-netpol-{name}",
-            metadata={"name": name, "namespace": self.ns, "labels": self._mon_labels(name)},
-            spec=spec,
-            opts=self._opts(),
-        )
-
-    # -- the prometheus-operator's objects ---------------------------------------------------
-
-    def _create_operator_objects(
-        self, jobs: list[targets.Scrape], rules: Mapping[str, str], secret: Any
-    ) -> None:
-        m = self._settings.monitoring
-
-        def meta(name: str) -> dict[str, Any]:
-            labels = {**self._mon_labels(name), **m.operator_labels}
-            return {"name": name, "namespace": self.ns, "labels": labels}
-
-        for file_name, text in sorted(rules.items()):
-            name = f"appstack-{PurePosixPath(file_name).stem}"
-            k8s.apiextensions.CustomResource(
-                f"{self._name}-rule-{name}",
-                api_version=operator.API_VERSION,
-                kind="PrometheusRule",
-                metadata=meta(name),
-                spec={"groups": operator.rule_groups(text)},
-                opts=self._opts(),
-            )
-        secret_name = CREDENTIALS_SECRET if secret is not None else None
-        for job in jobs:
-            name = f"appstack-{job.job}"
-            k8s.apiextensions.CustomResource(
-                f"{self._name}-servicemonitor-{job.job}",
-                api_version=operator.API_VERSION,
-                kind="ServiceMonitor",
-                metadata=meta(name),
-                spec=operator.service_monitor_spec(
-                    job, m.scrape_interval, self._ns_name, secret_name
-                ),
-                opts=self._opts(depends_on=[secret] if secret is not None else []),
-            )

@@ -8,8 +8,9 @@ limits, a hardened security context and capacity-keeping rolling updates; Cluste
 after each service (the names the specs' URLs use); one Ingress, for the public service; a
 default-deny NetworkPolicy plus exactly the edges the topology needs. Rollout follows DESIGN.md:
 data stores, init Jobs, migration (a dynamic resource whose runner runs Jobs through ``kubectl``),
-services in dependency order, smoke test against the Ingress URL. pulumi-kubernetes waits for each
-StatefulSet/Deployment/Job to be ready, which is the health gate.
+services in dependency order, smoke test against the Ingress URL. With ``appstack:monitoring``,
+Prometheus, Alertmanager and the exporters beside them (k8s_monitoring.py). pulumi-kubernetes
+waits for each StatefulSet/Deployment/Job to be ready, which is the health gate.
 
 With ``appstack:kubernetes.renderManifestsTo`` the provider writes YAML instead of talking to a
 cluster; the migration and the smoke test need a cluster, so they are skipped (and a note says so).
