@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -260,3 +262,31 @@ def test_engramia_metrics_token_from_a_secret(fake_kubectl: pytest.MonkeyPatch) 
 def test_bad_kubernetes_monitoring_settings_name_the_key(value: Any, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         prod(value)
+
+
+def test_the_kubernetes_prometheus_config_passes_promtool(haven: Program, tmp_path: Path) -> None:
+    """promtool reads prometheus.yml with its rule and credential files where the pod has them
+    (here under ``tmp_path``): the dns_sd jobs, relabelling and authorization are valid."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: run tools/system-deps.sh (Debian's prometheus package)")
+    maps = {n: unwrap(r.inputs)["data"] for n, r in by_name(haven, CONFIG_MAP).items()}
+    root = str(tmp_path)
+    text = maps["prometheus-config"]["prometheus.yml"]
+    text = text.replace(config.CONFIG_DIR, root + config.CONFIG_DIR)
+    text = text.replace(config.SECRETS_DIR, root + config.SECRETS_DIR)
+    files = {f"{config.CONFIG_DIR}/rules/{n}": t for n, t in maps["prometheus-rules"].items()}
+    files[f"{config.CONFIG_DIR}/config/prometheus.yml"] = text
+    secrets = unwrap(by_name(haven, SECRET)["prometheus-credentials"].inputs)["stringData"]
+    files.update({f"{config.SECRETS_DIR}/{k}": v for k, v in secrets.items()})
+    for path, content in files.items():
+        target = Path(root + path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    check = subprocess.run(
+        [promtool, "check", "config", root + f"{config.CONFIG_DIR}/config/prometheus.yml"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    out = check.stdout + check.stderr
+    assert check.returncode == 0, out
+    assert "SUCCESS: 4 rule files found" in out and "is valid prometheus config file" in out
