@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,14 @@ import pytest
 import yaml
 
 from components.monitoring import config
-from tools.k8s_stack import Cluster, Stack, kubernetes_config, secret_values, steps
+from tools.k8s_stack import (
+    Cluster,
+    Stack,
+    kubernetes_config,
+    secret_values,
+    steps,
+    wait_until,
+)
 
 CRDS = Path(__file__).parent / "fixtures" / "prometheus-operator-crds.yaml"
 CRD_NAMES = ("prometheusrules.monitoring.coreos.com", "servicemonitors.monitoring.coreos.com")
@@ -216,6 +225,87 @@ def test_network_policies_let_prometheus_reach_exactly_its_targets(
     assert policies["default-deny"]["policyTypes"] == ["Ingress", "Egress"]
     assert not [n for n, p in policies.items() if p["podSelector"].get("matchLabels") == {
         "app.kubernetes.io/name": "prometheus"} and "Ingress" in p["policyTypes"]]  # fmt: skip
+
+
+def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        msg = f"docker {' '.join(args[:3])} failed: {proc.stderr.strip()}"
+        raise AssertionError(msg)
+    return proc
+
+
+def _as_docker_run(cluster: Cluster, ns: str, name: str, files: Path) -> list[str]:
+    """``docker run`` arguments for the Deployment's pod as the API server holds it: its image,
+    command, args, user, env (secretKeyRefs resolved) and volumes (ConfigMaps and Secrets as
+    read-only files, claims and emptyDirs as tmpfs)."""
+    pod = cluster.get("deployment", name, "-n", ns)["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    sc = pod["securityContext"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    run = ["run", "-d", "--name", f"monk8s-{name}-{secrets.token_hex(3)}", "--network", "none",
+           "--user", f"{sc['runAsUser']}:{sc['runAsGroup']}", "--cap-drop", "ALL",
+           "--security-opt", "no-new-privileges:true", "--memory",
+           c["resources"]["limits"]["memory"].replace("Mi", "m")]  # fmt: skip
+    if c["securityContext"]["readOnlyRootFilesystem"]:
+        run.append("--read-only")
+    for mount in c["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "configMap" in volume or "secret" in volume:
+            if "configMap" in volume:
+                data = cluster.get("configmap", volume["configMap"]["name"], "-n", ns)["data"]
+            else:
+                data = _decode(cluster.get("secret", volume["secret"]["secretName"], "-n", ns))
+            folder = files / name / mount["name"]
+            folder.mkdir(parents=True)
+            folder.chmod(0o755)
+            for key, text in data.items():
+                (folder / key).write_text(text)
+                (folder / key).chmod(0o444)  # no fsGroup under Docker: readable by the uid
+            run += ["-v", f"{folder}:{mount['mountPath']}:ro"]
+        else:
+            run += ["--mount", f"type=tmpfs,destination={mount['mountPath']},tmpfs-mode=1777"]
+    for env in c.get("env") or []:
+        value = env.get("value")
+        if value is None:
+            ref = env["valueFrom"]["secretKeyRef"]
+            value = _decode(cluster.get("secret", ref["name"], "-n", ns))[ref["key"]]
+        run += ["-e", f"{env['name']}={value}"]
+    return [*run, "--entrypoint", c["command"][0], c["image"], *c["command"][1:], *c["args"]]
+
+
+def test_the_declared_pods_start_in_a_real_engine(
+    cluster: Cluster, haven: Stack, tmp_path: Path
+) -> None:
+    """kwok runs no container: here Docker plays the kubelet for the three pods, from the objects
+    the API server holds, so the commands, flags, mounts and files are the servers' real input."""
+    del haven
+    ready = {"prometheus": (9090, "/-/ready"), "alertmanager": (9093, "/-/ready"),
+             "postgres-exporter": (9187, "/")}  # fmt: skip
+    started: dict[str, str] = {}
+    try:
+        for name in ready:
+            started[name] = _docker(*_as_docker_run(cluster, HAVEN_NS, name, tmp_path)).stdout
+        for name, (port, path) in ready.items():
+            cid = started[name].strip()
+            probe = ("exec", cid, "appstack-http-ok", str(port), path)
+            wait_until(
+                f"{name} ready ({_docker('logs', cid, check=False).stderr[-2000:]})",
+                lambda p=probe: _docker(*p, check=False).returncode == 0,
+                timeout_s=60,
+            )
+        # Prometheus loaded every rule of the ConfigMap: 3 + 2 + 1 + 1 (edge, haven, storage,
+        # targets), seen by its own scrape of itself
+        query = ("exec", started["prometheus"].strip(), "promtool", "query", "instant",
+                 "http://127.0.0.1:9090", "sum(prometheus_rule_group_rules)")  # fmt: skip
+        wait_until(
+            "Prometheus reports the 7 rules of the rule files",
+            lambda: " => 7 @" in _docker(*query, check=False).stdout,
+            timeout_s=60,
+        )
+    finally:
+        for cid in started.values():
+            _docker("rm", "-f", cid.strip(), check=False)
 
 
 def test_haven_second_up_changes_nothing(haven: Stack) -> None:
