@@ -290,3 +290,33 @@ def test_the_kubernetes_prometheus_config_passes_promtool(haven: Program, tmp_pa
     out = check.stdout + check.stderr
     assert check.returncode == 0, out
     assert "SUCCESS: 4 rule files found" in out and "is valid prometheus config file" in out
+
+
+def test_engramia_deep_health_probe_with_a_static_key() -> None:
+    secrets = {k: f"{k}-value-1234" for k in ("postgresPassword", "apiKeys", "bootstrapToken",
+                                               "metricsToken")}  # fmt: skip
+    program = run(
+        "engramia-prod",
+        secrets=secrets,
+        overrides={"appstack:monitoring": OFF_OPERATOR, "appstack:engramia": {"authMode": "env"}},
+    )
+    key = by_name(program, SECRET)["blackbox-credentials"]
+    assert key.is_secret("stringData")
+    assert unwrap(key.inputs)["stringData"] == {"engramia-api-key": "apiKeys-value-1234"}
+    maps = {n: unwrap(r.inputs)["data"] for n, r in by_name(program, CONFIG_MAP).items()}
+    assert "apiKeys-value-1234" not in json.dumps(maps)
+    modules = yaml.safe_load(maps["blackbox-config"]["blackbox.yml"])["modules"]
+    assert set(modules) == {"engramia_deep_error", "engramia_deep_degraded"}
+    prom = json.loads(maps["prometheus-config"]["prometheus.yml"])
+    probe = next(j for j in prom["scrape_configs"] if j["job_name"] == "engramia_deep_error")
+    assert probe["static_configs"][0]["targets"] == ["http://api:8000/v1/health/deep"]
+    policies = {n: unwrap(r.inputs)["spec"] for n, r in by_name(program, NETPOL).items()}
+    to_api = policies["monitoring-from-blackbox"]["egress"]
+    assert to_api == [
+        {
+            "to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "api"}}}],
+            "ports": [{"protocol": "TCP", "port": 8000}],
+        }
+    ]
+    into = [r["from"] for r in policies["monitoring-to-api-8000"]["ingress"]]
+    assert [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "blackbox"}}}] in into
