@@ -101,9 +101,10 @@ class Monitoring(pulumi.ComponentResource):
         values = targets.credentials(self._app, jobs)
         out = []
         for job in jobs:
-            path = f"{config.SECRETS_DIR}/{job.credential}" if job.credential else None
+            path = None
             if job.credential:
-                creds[f"{config.SECRETS_DIR}/{job.credential}"] = values[job.credential]
+                path = f"{config.SECRETS_DIR}/{job.credential}"
+                creds[path] = values[job.credential]
             address = f"{job.service}:{job.port}"
             out.append(config.Target(job.job, address, job.path, job.labels, credentials_file=path))
         return out

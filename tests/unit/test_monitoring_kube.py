@@ -10,15 +10,18 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
 from components.monitoring import config
 from components.settings import ConfigError
 from tests.unit.harness import SECRET_VALUES, Program, Registration, run, stack_config, unwrap
+from tools import render_manifests
 
 K = "kubernetes:"
 DEPLOYMENT = K + "apps/v1:Deployment"
@@ -320,3 +323,27 @@ def test_engramia_deep_health_probe_with_a_static_key() -> None:
     ]
     into = [r["from"] for r in policies["monitoring-to-api-8000"]["ingress"]]
     assert [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "blackbox"}}}] in into
+
+
+def test_every_monitoring_manifest_validates_strictly(haven: Program) -> None:
+    """The monitoring's objects, rendered as the plugin would send them, against the Kubernetes
+    OpenAPI schemas in strict mode (an unknown or misspelt field is an error)."""
+    version = kubernetes_validate.latest_version()
+    ours = [
+        m for m in render_manifests.manifests(haven)
+        if m["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "monitoring"
+        or m["metadata"]["name"] == "prometheus-data"
+    ]  # fmt: skip
+    kinds = Counter(m["kind"] for m in ours)
+    # Services: 3 servers + metrics-{postgres,alertmanager,edge,qdrant,minio}; policies: egress of
+    # prometheus and the exporter, ingress of the 5 scraped pods and of Postgres
+    assert kinds == {"Secret": 2, "ConfigMap": 4, "Deployment": 3, "Service": 8,
+                     "NetworkPolicy": 8, "PersistentVolumeClaim": 1}  # fmt: skip
+    problems = []
+    for manifest in ours:
+        try:
+            kubernetes_validate.validate(manifest, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.path)
+            problems.append(f"{manifest['kind']}/{manifest['metadata']['name']}: {where}: {exc}")
+    assert not problems, "\n".join(problems)
