@@ -6,7 +6,7 @@ PY := .venv/bin/python
 PYTEST_ARGS ?=
 
 .PHONY: up down preview test lint typecheck unit providers e2e bench venv system-deps clean-state \
-	k8s-toolchain test-k8s bench-k8s
+	k8s-toolchain test-k8s bench-k8s policy
 
 venv: .venv/.installed
 .venv/.installed: requirements.txt requirements-dev.txt pyproject.toml
@@ -42,6 +42,11 @@ providers: venv system-deps
 
 e2e: venv system-deps
 	tools/env.sh .venv/bin/pytest tests/e2e -q $(PYTEST_ARGS)
+
+# The policy pack (policy/) under the real engine: every policy against a compliant and a
+# violating stack (previews only; part of `make test` through tests/e2e).
+policy: venv
+	tools/env.sh --no-images .venv/bin/pytest tests/e2e/test_policy_e2e.py -q $(PYTEST_ARGS)
 
 # tests/k8s run here only when the cluster toolchain is already cached: building it cold takes
 # longer than CI allows (`make test-k8s` builds it). Which of the two happened is printed.

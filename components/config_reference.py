@@ -199,9 +199,14 @@ KEYS: tuple[Key, ...] = (
         "monitoring",
         (
             "bool or `{enabled, stalledAfter, storageBudget, scrapeInterval, retention, "
-            "prometheusPort, qdrantMetrics, minioMetrics, images}`"
+            "prometheusPort, qdrantMetrics, minioMetrics, images, operator, operatorNamespace, "
+            "operatorLabels}`"
         ),
-        'see "Monitoring" above; Docker only',
+        (
+            'see "Monitoring" above; `prometheusPort` is Docker only; `operator` (`auto`|`true`|'
+            "`false`, default `auto`), `operatorNamespace` (default `monitoring`) and "
+            "`operatorLabels` are Kubernetes only"
+        ),
         per_environment="monitoring",
     ),
     Key(

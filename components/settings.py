@@ -205,7 +205,7 @@ _BYTES = {"Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
 @dataclass(frozen=True)
 class MonitoringSettings:
-    """``appstack:monitoring``: Prometheus, Alertmanager and exporters beside the app (Docker)."""
+    """``appstack:monitoring``: Prometheus, Alertmanager and exporters beside the app."""
 
     enabled: bool = False
     stalled_after: str = "10m"
@@ -219,6 +219,14 @@ class MonitoringSettings:
     """Scrape Qdrant's /metrics (the real image serves them; the local double does not)."""
     minio_metrics: bool = True
     images: Mapping[str, str] = field(default_factory=lambda: dict(MONITORING_IMAGES))
+    operator: str = "auto"
+    """Kubernetes: PrometheusRule/ServiceMonitor objects too: ``auto`` (when the cluster serves
+    the prometheus-operator's CRDs), ``true`` (required), ``false``."""
+    operator_namespace: str = "monitoring"
+    """Kubernetes: namespace of the operator's Prometheus, let in to scrape the targets."""
+    operator_labels: Mapping[str, str] = field(default_factory=dict)
+    """Kubernetes: labels on the PrometheusRule/ServiceMonitor objects (the operator's
+    Prometheus selects them by label, e.g. ``release: kube-prometheus-stack``)."""
 
 
 @dataclass(frozen=True)
@@ -793,8 +801,9 @@ def _parse_kubernetes(r: _Reader, stack: str, app: str) -> KubernetesSettings:
 
 _MONITORING_KEYS = (
     "enabled", "stalledAfter", "storageBudget", "scrapeInterval", "retention", "prometheusPort",
-    "qdrantMetrics", "minioMetrics", "images",
+    "qdrantMetrics", "minioMetrics", "images", "operator", "operatorNamespace", "operatorLabels",
 )  # fmt: skip
+MONITORING_OPERATOR = ("auto", "true", "false")
 
 
 def _parse_monitoring(r: _Reader, default: bool, platform: str) -> MonitoringSettings:
@@ -817,11 +826,30 @@ def _parse_monitoring(r: _Reader, default: bool, platform: str) -> MonitoringSet
         return MonitoringSettings()
     for key in sorted(set(raw) - set(_MONITORING_KEYS)):
         r.fail(f"monitoring.{key}", f"unknown field; known: {', '.join(_MONITORING_KEYS)}")
-    if enabled and platform != "docker":
-        # Only when asked for explicitly: the environment default never fails a stack.
-        if r.config.get("monitoring") is not None:
-            r.fail("monitoring", "is implemented on the docker platform only (not on kubernetes)")
-        enabled = False
+    operator = str(raw.get("operator", "auto")).lower()
+    if operator not in MONITORING_OPERATOR:
+        r.fail("monitoring.operator", f"must be one of auto, true, false; got {operator!r}")
+        operator = "auto"
+    operator_ns = raw.get("operatorNamespace", MonitoringSettings.operator_namespace)
+    if not isinstance(operator_ns, str) or not _K8S_NAME.match(operator_ns):
+        r.fail("monitoring.operatorNamespace", f"must be a namespace name, got {operator_ns!r}")
+        operator_ns = MonitoringSettings.operator_namespace
+    operator_labels = raw.get("operatorLabels") or {}
+    if not isinstance(operator_labels, dict) or not all(
+        isinstance(k, str) and _K8S_NAME.match(k.rpartition("/")[2]) and isinstance(v, str)
+        for k, v in operator_labels.items()
+    ):
+        r.fail(
+            "monitoring.operatorLabels", f"must map label names to strings, got {operator_labels!r}"
+        )
+        operator_labels = {}
+    if raw.get("prometheusPort") is not None and platform == "kubernetes":
+        r.fail(
+            "monitoring.prometheusPort",
+            "publishes on the Docker host; on kubernetes Prometheus stays in the cluster "
+            "(kubectl port-forward svc/prometheus 9090)",
+        )
+        raw = {k: v for k, v in raw.items() if k != "prometheusPort"}
 
     def duration(key: str, fallback: str) -> str:
         value = raw.get(key, fallback)
@@ -879,6 +907,9 @@ def _parse_monitoring(r: _Reader, default: bool, platform: str) -> MonitoringSet
         qdrant_metrics=flag("qdrantMetrics"),
         minio_metrics=flag("minioMetrics"),
         images=images,
+        operator=operator,
+        operator_namespace=operator_ns,
+        operator_labels=dict(operator_labels),
     )
 
 

@@ -28,15 +28,12 @@ from typing import Any
 
 import pulumi
 
-from components import edge
-from components.monitoring import config
+from components.monitoring import config, targets
 from components.providers import engine
 from components.settings import MonitoringSettings
 from components.spec import AppSpec
 
 TYPE = "appstack:monitoring:Monitoring"
-QDRANT_PORT = 6333
-MINIO_PORT = 9000
 
 
 def secret_file(path: str) -> str:
@@ -79,17 +76,17 @@ class Monitoring(pulumi.ComponentResource):
         self._app = args.app
         self.containers = {}
         creds: dict[str, pulumi.Output[str]] = {}
-        targets = self._targets(creds)
+        scrape = self._targets(creds)
         self.containers["postgres-exporter"] = self._create_postgres_exporter()
         jobs: list[dict[str, Any]] = []
-        deep_key = self._deep_health_key()
+        deep_key = targets.deep_health_key(self._app)
         if deep_key is not None:
             self.containers["blackbox"] = self._create_blackbox(deep_key)
             api = self._app.service("api")
             jobs = config.blackbox_job(f"api:{api.port}", args.settings.scrape_interval)
         self.containers["alertmanager"] = self._create_alertmanager()
         rules = config.rule_files(self._app.name, args.settings.stalled_after)
-        self.containers["prometheus"] = self._create_prometheus(targets, jobs, rules, creds)
+        self.containers["prometheus"] = self._create_prometheus(scrape, jobs, rules, creds)
         self.prometheus_container = self.containers["prometheus"].container_name
         self.rule_files = pulumi.Output.from_input(sorted(rules))
         self.register_outputs(
@@ -98,62 +95,19 @@ class Monitoring(pulumi.ComponentResource):
 
     # -- what is scraped ---------------------------------------------------------------------
 
-    def _service_names(self) -> set[str]:
-        return {s.name for s in self._app.services}
-
     def _targets(self, creds: dict[str, pulumi.Output[str]]) -> list[config.Target]:
-        """Scrape jobs; bearer credentials they need go into ``creds`` (file path -> secret)."""
-        app = self._app.name
-        targets = [config.Target("postgres", f"postgres-exporter:{config.POSTGRES_EXPORTER_PORT}")]
-        targets.append(config.Target("alertmanager", f"alertmanager:{config.ALERTMANAGER_PORT}"))
-        if self._app.edge is not None:
-            labels = (("app", app), ("service", self._app.edge.upstream))
-            targets.append(config.Target("edge", f"caddy:{edge.METRICS_PORT}", labels=labels))
-        names = self._service_names()
-        if "qdrant" in names and self._args.settings.qdrant_metrics:
-            targets.append(config.Target("qdrant", f"qdrant:{QDRANT_PORT}"))
-        if "minio" in names and self._args.settings.minio_metrics:
-            minio = self._app.service("minio")
-            access, secret = (
-                minio.secret_env["MINIO_ROOT_USER"],
-                minio.secret_env["MINIO_ROOT_PASSWORD"],
-            )
-            path = f"{config.SECRETS_DIR}/minio-token"
-            creds[path] = pulumi.Output.secret(
-                pulumi.Output.all(access, secret).apply(
-                    lambda ks: config.minio_token(str(ks[0]), str(ks[1]), now=0)
-                )
-            )
-            targets.append(
-                config.Target("minio", f"minio:{MINIO_PORT}", config.MINIO_METRICS_PATH,
-                              credentials_file=path)
-            )  # fmt: skip
-        if "api" in names and app == "engramia":
-            api = self._app.service("api")
-            token = api.secret_env.get("ENGRAMIA_METRICS_TOKEN")
-            if token is not None:
-                path = f"{config.SECRETS_DIR}/engramia-metrics-token"
-                creds[path] = token
-                targets.append(config.Target("engramia", f"api:{api.port}", credentials_file=path))
-        return targets
-
-    def _deep_health_key(self) -> pulumi.Output[str] | None:
-        """A bearer key for Engramia's deep health: the first static key (auth mode `env`).
-
-        In `db` mode keys live only in Engramia's database (made by its bootstrap): there is none
-        to give the probe, so the deep-health alerts are not wired and a warning says so.
-        """
-        if self._app.name != "engramia" or "api" not in self._service_names():
-            return None
-        api = self._app.service("api")
-        keys = api.secret_env.get("ENGRAMIA_API_KEYS")
-        if api.env.get("ENGRAMIA_AUTH_MODE") != "env" or keys is None:
-            pulumi.log.warn(
-                "monitoring: Engramia's deep-health alerts need a static API key (authMode env);"
-                " not probed in this stack"
-            )
-            return None
-        return pulumi.Output.secret(keys.apply(lambda k: k.split(",")[0].strip()))
+        """Scrape jobs by container alias; their credentials go into ``creds`` (file -> secret)."""
+        jobs = targets.scrapes(self._app, self._args.settings)
+        values = targets.credentials(self._app, jobs)
+        out = []
+        for job in jobs:
+            path = None
+            if job.credential:
+                path = f"{config.SECRETS_DIR}/{job.credential}"
+                creds[path] = values[job.credential]
+            address = f"{job.service}:{job.port}"
+            out.append(config.Target(job.job, address, job.path, job.labels, credentials_file=path))
+        return out
 
     # -- containers ----------------------------------------------------------------------------
 

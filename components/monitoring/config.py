@@ -45,6 +45,9 @@ class Target:
     path: str = "/metrics"
     labels: tuple[tuple[str, str], ...] = ()
     credentials_file: str | None = None
+    dns: bool = False
+    """Scrape every address the host name resolves to (a headless Service: each replica), not
+    the name itself."""
 
 
 def rule_files(app: str, stalled_after: str) -> dict[str, str]:
@@ -74,11 +77,14 @@ def prometheus_yml(
         }
     ]
     for t in targets:
-        job: dict[str, Any] = {
-            "job_name": t.job,
-            "metrics_path": t.path,
-            "static_configs": [{"targets": [t.address], "labels": dict(t.labels)}],
-        }
+        job: dict[str, Any] = {"job_name": t.job, "metrics_path": t.path}
+        if t.dns:
+            host, _, port = t.address.rpartition(":")
+            job["dns_sd_configs"] = [{"names": [host], "type": "A", "port": int(port)}]
+            # dns_sd has no labels of its own: relabelling sets them on every target
+            job["relabel_configs"] = [{"target_label": k, "replacement": v} for k, v in t.labels]
+        else:
+            job["static_configs"] = [{"targets": [t.address], "labels": dict(t.labels)}]
         if t.credentials_file:
             job["authorization"] = {"type": "Bearer", "credentials_file": t.credentials_file}
         jobs.append(job)

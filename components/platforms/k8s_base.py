@@ -1,8 +1,9 @@
 """What the parts of the Kubernetes platform share: labels, names, options and the stack's state.
 
 ``KubernetesApp`` (components/platforms/kubernetes.py) is built from one part per concern:
-workloads (k8s_workloads.py), networking (k8s_networking.py) and storage (k8s_storage.py). Each
-part is a mixin over ``KubernetesParts``, which declares what they all read.
+workloads (k8s_workloads.py), networking (k8s_networking.py), storage (k8s_storage.py) and
+monitoring (k8s_monitoring.py, k8s_monitoring_wiring.py). Each part is a mixin over
+``KubernetesParts``, which declares what they all read.
 """
 
 from __future__ import annotations

@@ -35,12 +35,13 @@ EDGE_COMMAND = (
 )
 
 
-def with_edge_service(app: AppSpec, replicas: int) -> AppSpec:
+def with_edge_service(app: AppSpec, replicas: int, metrics: bool = False) -> AppSpec:
     """The app with its edge as one more Deployment: Ingress -> Caddy -> the public service.
 
     TLS ends at the Ingress, so Caddy serves plain HTTP; a rolling update of the upstream keeps
     its Service answering, so the Caddyfile names the Service, and a change of it (maintenance)
-    rolls Caddy's pods like any env change.
+    rolls Caddy's pods like any env change. ``metrics``: Caddy's metrics listener for the
+    monitoring (``edge.METRICS_PORT``).
     """
     if app.edge is None:
         return app
@@ -53,7 +54,7 @@ def with_edge_service(app: AppSpec, replicas: int) -> AppSpec:
         port=edge.HTTP_PORT,
         command=EDGE_COMMAND,
         env={
-            "CADDYFILE": edge.caddyfile(spec, target, serve_tls=False),
+            "CADDYFILE": edge.caddyfile(spec, target, serve_tls=False, metrics=metrics),
             "XDG_DATA_HOME": "/tmp/data",
             "XDG_CONFIG_HOME": "/tmp/config",
         },

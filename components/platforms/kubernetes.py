@@ -8,8 +8,9 @@ limits, a hardened security context and capacity-keeping rolling updates; Cluste
 after each service (the names the specs' URLs use); one Ingress, for the public service; a
 default-deny NetworkPolicy plus exactly the edges the topology needs. Rollout follows DESIGN.md:
 data stores, init Jobs, migration (a dynamic resource whose runner runs Jobs through ``kubectl``),
-services in dependency order, smoke test against the Ingress URL. pulumi-kubernetes waits for each
-StatefulSet/Deployment/Job to be ready, which is the health gate.
+services in dependency order, smoke test against the Ingress URL. With ``appstack:monitoring``,
+Prometheus, Alertmanager and the exporters beside them (k8s_monitoring.py). pulumi-kubernetes
+waits for each StatefulSet/Deployment/Job to be ready, which is the health gate.
 
 With ``appstack:kubernetes.renderManifestsTo`` the provider writes YAML instead of talking to a
 cluster; the migration and the smoke test need a cluster, so they are skipped (and a note says so).
@@ -23,8 +24,10 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.monitoring.operator import operator_wanted
 from components.platforms import PlatformArgs, rollout_order
 from components.platforms.k8s_base import BACKUPS_CLAIM, SERVICE_UID
+from components.platforms.k8s_monitoring import MonitoringParts
 from components.platforms.k8s_networking import (  # noqa: F401  (the module's public names)
     Networking,
     egress_peer,
@@ -77,7 +80,7 @@ def check_settings(args: PlatformArgs) -> None:
         raise ConfigError(msg)
 
 
-class KubernetesApp(Workloads, Networking, Storage, pulumi.ComponentResource):
+class KubernetesApp(MonitoringParts, Workloads, Networking, Storage, pulumi.ComponentResource):
     """An ``AppSpec`` deployed to one namespace of a Kubernetes cluster."""
 
     public_url: pulumi.Output[str]
@@ -85,6 +88,8 @@ class KubernetesApp(Workloads, Networking, Storage, pulumi.ComponentResource):
     networks: pulumi.Output[Mapping[str, str]]
     edge_ca: pulumi.Output[str]
     workloads: dict[str, pulumi.CustomResource]
+    monitoring: dict[str, pulumi.CustomResource]
+    """The monitoring's Deployments by name (``appstack:monitoring``; empty when off)."""
     migration: Migration | None
     smoke: SmokeTest | None
 
@@ -92,12 +97,16 @@ class KubernetesApp(Workloads, Networking, Storage, pulumi.ComponentResource):
         self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         check_settings(args)
+        # Asks the cluster (kubectl) for the operator's CRDs: before any resource exists.
+        self._operator = operator_wanted(args.settings)
         super().__init__(TYPE, name, None, opts)
         assert args.settings.kubernetes is not None  # check_settings made sure
         self._name = name
         self._settings = args.settings
         self._k = args.settings.kubernetes
-        self._app = with_edge_service(args.app, args.settings.replicas("caddy"))
+        self._monitored = args.app
+        metrics = args.settings.monitoring.enabled  # the monitoring scrapes the edge's listener
+        self._app = with_edge_service(args.app, args.settings.replicas("caddy"), metrics)
         self._ns_name = self._k.namespace
         self._render = self._k.render_to is not None
         # The Migration and the SmokeTest need a cluster to run on: none in render mode. On a
@@ -122,6 +131,7 @@ class KubernetesApp(Workloads, Networking, Storage, pulumi.ComponentResource):
         order = rollout_order(self._app)
         for svc in (s for s in order if s.role is Role.DATASTORE):
             self.workloads[svc.name] = self._create_statefulset(svc)
+        self.monitoring = self._create_monitoring()
         skip = self._k.skip_cluster_tasks
         tasks = [] if skip else [self._create_init_job(t) for t in self._app.init_tasks]
         self.migration = self._create_migration() if self._run_tasks else None

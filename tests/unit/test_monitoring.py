@@ -157,11 +157,10 @@ def test_prometheus_data_volume_protected_like_the_stacks_data(program: Program)
     assert unwrap(monitoring(program)["prometheus"].inputs)["rollout"] == "stop-first"
 
 
-def test_off_on_prod_unless_configured_and_refused_on_kubernetes() -> None:
+def test_off_on_prod_unless_configured() -> None:
     prod = run("prod", secrets=SECRET_VALUES)
     assert monitoring(prod) == {}
-    with pytest.raises(ConfigError, match="appstack:monitoring: is implemented on the docker"):
-        run("prod", secrets=SECRET_VALUES, overrides={"appstack:monitoring": "true"})
+    assert prod.of_type("kubernetes:core/v1:ConfigMap") == []  # on Kubernetes: test_monitoring_kube
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,11 @@ group).
 
 ``Run`` runs the SDK's ``pulumi-language-python-exec`` (found next to the path the engine started
 this plugin with, i.e. in the toolchain bin dir, else on PATH) with the project's virtualenv python.
+``RunPlugin`` runs a plugin written in Python, here the policy pack (``policy/``), as the official
+host does: ``<venv python> <plugin dir> ARGS``, its output streamed back to the engine.
 Everything else the official host does (installing dependencies, codegen, templates, packing,
-linking, Python plugins/policy packs) is not implemented: those calls answer UNIMPLEMENTED or
-report that there is nothing to do.
+linking) is not implemented: those calls answer UNIMPLEMENTED or report that there is nothing to
+do.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import re
 import shutil
 import signal
@@ -138,6 +141,59 @@ def read_project_runtime_options(root: str) -> dict:
     return {}
 
 
+def parse_env(entries) -> dict[str, str]:
+    """``KEY=value`` entries (the engine's environment for a plugin) as a dict; the last wins."""
+    env: dict[str, str] = {}
+    for entry in entries:
+        key, sep, value = entry.partition("=")
+        if sep and key:
+            env[key] = value
+    return env
+
+
+def _stop(p: subprocess.Popen) -> None:
+    """SIGTERM a plugin whose stream the engine dropped; SIGKILL if it lingers."""
+    if p.poll() is not None:
+        return
+    with contextlib.suppress(OSError):
+        p.terminate()
+
+    def reap() -> None:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                p.kill()
+
+    threading.Thread(target=reap, daemon=True).start()
+
+
+def _stream_output(p: subprocess.Popen):
+    """RunPluginResponse chunks of the process's stdout and stderr, in the order they arrive."""
+    chunks: queue.Queue = queue.Queue()
+
+    def pump(stream, field: str) -> None:
+        try:
+            while True:
+                data = os.read(stream.fileno(), 65536)
+                if not data:
+                    break
+                chunks.put((field, data))
+        finally:
+            stream.close()
+            chunks.put((field, None))
+
+    for stream, field in ((p.stdout, "stdout"), (p.stderr, "stderr")):
+        threading.Thread(target=pump, args=(stream, field), daemon=True).start()
+    open_streams = 2
+    while open_streams:
+        field, data = chunks.get()
+        if data is None:
+            open_streams -= 1
+        else:
+            yield language_pb2.RunPluginResponse(**{field: data})
+
+
 class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
     def __init__(self, engine_address: str | None, flags: dict):
         self.engine_address = engine_address
@@ -170,11 +226,15 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
             opts = read_project_runtime_options(root)
         return opts, root
 
-    def _python(self, info, env: dict) -> tuple[list[str], str | None]:
+    def _python(
+        self, info, env: dict, default_venv: str | None = None
+    ) -> tuple[list[str], str | None]:
         """The python command for the program, after updating `env` for its virtualenv.
-        Returns (command, error message)."""
+        Returns (command, error message). `default_venv`: used when the options name none."""
         opts, root = self._options(info)
-        venv = opts.get("virtualenv")
+        venv = opts.get("virtualenv") or (
+            default_venv if str(opts.get("toolchain") or "pip") == "pip" else None
+        )
         toolchain = str(opts.get("toolchain") or "pip")
         if not venv and toolchain == "uv":
             venv = ".venv"
@@ -242,6 +302,48 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
 
     def GetPluginInfo(self, request, context):
         return plugin_pb2.PluginInfo(version=VERSION)
+
+    def RunPlugin(self, request, context):
+        """Run a plugin written in Python (a policy pack: the engine's analyzer) from its directory.
+
+        As the official host does: ``<venv python> <plugin dir> ARGS`` in ``pwd`` with the
+        engine's environment (``env``), the venv from the plugin's runtime options (relative to
+        the plugin's directory; ``venv`` when none is given). The plugin's stdout and stderr are
+        streamed back as they come (its first stdout line is the port the engine dials), then its
+        exit code when it is not 0. When the engine drops the stream (it kills the plugin), the
+        process is terminated.
+        """
+        info = request.info if request.HasField("info") else None
+        env = parse_env(request.env) if request.env else dict(os.environ)
+        env.pop("APPSTACK_LANGHOST_ARGV0", None)
+        python, err = self._python(info, env, default_venv="venv")
+        if err:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, err)
+        program_dir = (info.program_directory if info is not None else "") or request.pwd
+        env["PYTHONUNBUFFERED"] = "1"  # the port line must reach the engine at once
+        cmd = [*python, "-u", program_dir, *request.args]
+        log(f"RunPlugin ({request.kind}): {cmd!r} (cwd {request.pwd or program_dir})")
+        try:
+            p = self._spawn(
+                cmd,
+                env=env,
+                cwd=request.pwd or program_dir or None,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"could not start {cmd[0]}: {e}")
+        context.add_callback(lambda: _stop(p))
+        try:
+            yield from _stream_output(p)
+            rc = p.wait()
+        finally:
+            self._reap(p)
+        log(f"RunPlugin: exit code {rc}")
+        if rc != 0:
+            # A signal (negative rc) is reported like a shell does, as 128 + N.
+            yield language_pb2.RunPluginResponse(exitcode=rc if rc > 0 else 128 - rc)
 
     def GetRequiredPlugins(self, request, context):
         # No provider plugins: the Docker platform is made of dynamic providers, which the engine
