@@ -134,6 +134,23 @@ KEYS: tuple[Key, ...] = (
         per_environment="keepBackups",
     ),
     Key(
+        "backups",
+        (
+            "`{store: {endpoint, bucket, prefix?, region?}, keepLocal?, "
+            "retention?: {count, maxAgeDays}}`"
+        ),
+        (
+            "ship every backup (pre-migration, pre-rollback, `appstack backup take`) to an "
+            "S3-compatible bucket at `<prefix>/<stack>/<backup id>`; secrets "
+            "`backupStoreAccessKey`, `backupStoreSecretKey` (required with a store) and "
+            "`backupEncryptionKey` (optional, 32 bytes base64/hex: AES-256-GCM before upload). "
+            "`keepLocal` (default false with a store) keeps the volume's copy too; `retention` "
+            "keeps the bucket's newest `count` and drops those older than `maxAgeDays`, never one "
+            'a release record still needs for a rollback. See "Off-host backups"'
+        ),
+        default="none: the volume only",
+    ),
+    Key(
         "pruneImages",
         "bool",
         (

@@ -19,6 +19,7 @@ import pulumi
 from pulumi.runtime.config import get_config, is_config_secret
 
 from components import config_reference
+from components.backup_settings import BACKUP_SECRETS, BackupSettings, parse_backups
 
 NS = "appstack"
 
@@ -287,6 +288,8 @@ class Settings:
     migration_lock_timeout: str = "5s"
     """PostgreSQL ``lock_timeout`` of migration statements (``appstack:migrationLockTimeout``)."""
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    backups: BackupSettings = field(default_factory=BackupSettings)
+    """The off-host store of backups (``appstack:backups``, components/backup_settings.py)."""
 
     @property
     def prefix(self) -> str:
@@ -320,6 +323,7 @@ class TrackedConfig(pulumi.Config):
 def known_keys() -> set[str]:
     """Every top-level key of the `appstack:` namespace, secrets of every app included."""
     secrets = {k for keys in (*APP_SECRETS.values(), *APP_OPTIONAL_SECRETS.values()) for k in keys}
+    secrets.update(BACKUP_SECRETS)
     return set(CONFIG_KEYS) | secrets
 
 
@@ -995,6 +999,7 @@ def load(
         engramia=_parse_engramia(r, app, defaults["engramiaAuthMode"]),
         migration_lock_timeout=_parse_lock_timeout(r),
         monitoring=_parse_monitoring(r, defaults.get("monitoring", False), platform),
+        backups=parse_backups(r),
     )
     _check_platform_limits(r, settings)
     _check_remote_entry(r, settings, os.environ.get("DOCKER_HOST"))

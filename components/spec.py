@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import pulumi
 
@@ -200,6 +201,8 @@ class MigrationSpec:
     """``command`` mode: downgrades to the revision appended as its last argument (``alembic
     downgrade``), run by ``appstack rollback`` with the current image (an older one does not know
     the newer revisions)."""
+    backup_store: BackupStoreSpec | None = None
+    """The off-host store each pre-migration backup is shipped to (``appstack:backups``)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("sql-dir", "command"):
@@ -208,6 +211,15 @@ class MigrationSpec:
         if self.mode == "command" and not self.command:
             msg = "migration mode 'command' needs a command"
             raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class BackupStoreSpec:
+    """An S3-compatible bucket for backups: ``plain`` (endpoint, bucket, prefix, region,
+    keep_local, count, max_age_days) and ``secrets`` (access_key, secret_key, encryption_key)."""
+
+    plain: Mapping[str, Any]
+    secrets: pulumi.Input[Mapping[str, str]]
 
 
 @dataclass(frozen=True)

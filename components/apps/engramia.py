@@ -171,6 +171,7 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         downgrade_command=("alembic", "downgrade"),
         secret_env={"ENGRAMIA_DATABASE_URL": database_url},
         keep_backups=settings.keep_backups,
+        backup_store=settings.backups.store_spec(),
     )
     # Engramia has its own maintenance switch: the edge only proxies. `/v1/health` answers an
     # anonymous probe 401 in and out of maintenance, which proves the process serves. The

@@ -192,6 +192,7 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
         quiescent=("worker",),
         baseline=settings.migration_baseline,
         keep_backups=settings.keep_backups,
+        backup_store=settings.backups.store_spec(),
         lock_timeout=settings.migration_lock_timeout,
     )
     auth = secrets["authToken"]

@@ -16,17 +16,27 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from components.apps.haven import MC_ALIAS
-from components.ops.stack import OpsError, Pulumi, plaintext, resources
+from components.ops.stack import MIGRATION_TYPE, OpsError, Pulumi, plaintext, resources
+from components.providers.backup_store import (
+    StoreConfig,
+    StoredBackup,
+    Taken,
+    fetch,
+    stored,
+    take_and_ship,
+)
 from components.providers.postgres import (
     CHECKSUM_SUFFIX,
+    FROM_FETCHED,
     MARK,
     PSQL,
     BackupFile,
     Conn,
     MigrationError,
     backup_files,
+    fetched_files,
     markers,
-    take_backup,
+    read_releases,
 )
 from components.providers.runner import (
     OWNER_LABEL,
@@ -81,15 +91,71 @@ class Verified:
 def pick_backup(files: Sequence[BackupFile], name: str | None) -> BackupFile:
     """The named backup, or the newest; ``OpsError`` (exit 2) when there is none."""
     if not files:
-        msg = "the backup volume holds no backup of this stack"
+        msg = "neither the backup volume nor the bucket holds a backup of this stack"
         raise OpsError(msg, 2)
     if not name:
         return files[0]
     for f in files:
         if f.name == name:
             return f
-    msg = f"no backup {name!r} in the backup volume (newest: {files[0].name})"
+    msg = f"no backup {name!r} in the backup volume or the bucket (newest: {files[0].name})"
     raise OpsError(msg, 2)
+
+
+def store_of(stack: Pulumi) -> StoreConfig | None:
+    """The off-host store the stack's Migration ships backups to (None: none configured)."""
+    found = resources(stack.export(secrets=True), MIGRATION_TYPE)
+    inputs = (found[0].get("inputs") or {}) if found else {}
+    secret = plaintext(inputs.get("backup_store_secrets"))
+    return StoreConfig.from_inputs(inputs.get("backup_store"), secret)
+
+
+def _stack_of(target: Target) -> str:
+    return target.stack or target.name_prefix
+
+
+def everywhere(runner: Runner, target: Target, store: StoreConfig | None) -> list[BackupFile]:
+    """Every backup of the stack, newest first, with where it lives: local, bucket or both."""
+    local = {f.name: f for f in backup_files(runner, target)}
+    remote: dict[str, StoredBackup] = {}
+    if store is not None:
+        try:
+            remote = {b.name: b for b in stored(store, _stack_of(target))}
+        except MigrationError as exc:
+            raise OpsError(str(exc)) from None
+    out = []
+    for name in sorted({*local, *remote}, reverse=True):
+        f, b = local.get(name), remote.get(name)
+        where = "local+bucket" if f and b else "local" if f else "bucket"
+        size = f.size if f else b.size if b else 0
+        sha256 = (f.sha256 if f else "") or (b.sha256 if b else "")
+        out.append(BackupFile(name, size, sha256, where))
+    return out
+
+
+def recorded_sha256(runner: Runner, target: Target, password: str, name: str) -> str:
+    """The sha256 the release records hold for a backup ("" when none does)."""
+    records = read_releases(runner, Conn(target, password))
+    return next((r.backup_sha256 for r in records if r.backup_id == name), "")
+
+
+def from_store(
+    runner: Runner, target: Target, password: str, store: StoreConfig | None, name: str
+) -> bytes | None:
+    """A backup's dump from the bucket when the volume lacks it (None: the volume has it).
+
+    The dump is decrypted and checked against its object's sha256 and its release record's.
+    """
+    if any(f.name == name for f in backup_files(runner, target)):
+        return None
+    if store is None:
+        msg = f"backup {name} is not in volume {target.backup_volume} and no store is configured"
+        raise OpsError(msg)
+    try:
+        return fetch(store, _stack_of(target), name,
+                     recorded_sha256(runner, target, password, name))  # fmt: skip
+    except MigrationError as exc:
+        raise OpsError(str(exc)) from None
 
 
 def judge(logs: str, name: str, exit_code: int | None, app: str) -> Verified:
@@ -150,17 +216,27 @@ def scratch_postgres(target: Target, password: str) -> Iterator[Target]:
             container.remove(force=True, v=True)
 
 
-def verify(runner: Runner, target: Target, app: str, name: str | None) -> Verified:
-    """Check the backup's checksum, restore it into a scratch Postgres, count its tables' rows."""
+def verify(runner: Runner, target: Target, app: str, name: str | None,
+           store: StoreConfig | None = None, db_password: str = "") -> Verified:  # fmt: skip
+    """Check the backup's checksum, restore it into a scratch Postgres, count its tables' rows.
+
+    A backup only the bucket holds is downloaded (decrypted, its sha256 checked) first.
+    """
     if target.kind != "docker":
         msg = f"backup verify runs on Docker stacks only (this stack's tasks run on {target.kind})"
         raise OpsError(msg, 2)
-    chosen = pick_backup(backup_files(runner, target), name)
+    chosen = pick_backup(everywhere(runner, target, store), name)
+    files = {"count.sql": COUNT_SQL.encode()}
+    script = VERIFY_SH
+    if chosen.where == "bucket":
+        data = from_store(runner, target, db_password, store, chosen.name)
+        files.update(fetched_files(chosen.name, data or b""))
+        script = FROM_FETCHED + VERIFY_SH
     password = secrets.token_urlsafe(24)
     with scratch_postgres(target, password) as scratch:
         conn = Conn(scratch, password, connect_deadline_s=60.0)
-        task = conn.task(runner, "verify", VERIFY_SH, {"count.sql": COUNT_SQL.encode()},
-                         env={"BACKUP_ID": chosen.name}, backups=True)  # fmt: skip
+        task = conn.task(runner, "verify", script, files, env={"BACKUP_ID": chosen.name},
+                         backups=True)  # fmt: skip
         try:
             return judge(conn.run(runner, task), chosen.name, 0, app)
         except TaskError as exc:
@@ -171,8 +247,18 @@ def verify(runner: Runner, target: Target, app: str, name: str | None) -> Verifi
 
 
 def describe(files: Sequence[BackupFile]) -> list[str]:
-    """One line per backup: id, size, recorded sha256."""
-    return [f"{f.name}  {f.size:>12} bytes  sha256 {f.sha256 or '(none recorded)'}" for f in files]
+    """One line per backup: id, size, recorded sha256, where it lives."""
+    return [f"{f.name}  {f.size:>12} bytes  sha256 {f.sha256 or '(none recorded)'}  [{f.where}]"
+            for f in files]  # fmt: skip
+
+
+def take(runner: Runner, target: Target, password: str, label: str, keep: int,
+         store: StoreConfig | None, protect: Sequence[str] = ()) -> Taken:  # fmt: skip
+    """A backup into the volume and, with a store, the bucket (``OpsError`` when it fails)."""
+    try:
+        return take_and_ship(runner, target, password, label, keep, store, protect)
+    except (MigrationError, TaskError) as exc:
+        raise OpsError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -183,19 +269,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, access: tuple[Any, ...], keep: int,
-        say: Callable[[str], None]) -> int:  # fmt: skip
+        say: Callable[[str], None], store: StoreConfig | None = None) -> int:  # fmt: skip
     """``appstack backup ACTION`` with the stack's database access (``cli._db_access``)."""
     runner, target, password, _quiescent, app = access
     try:
         if args.action == "verify":
             say("restoring into a throwaway Postgres on the stack's internal network")
-            _print_verified(verify(runner, target, app, args.name), args.json)
+            _print_verified(verify(runner, target, app, args.name, store, password), args.json)
             return 0
         taken = ""
         if args.action == "take":
-            say(f"pg_dump of {target.db_name} into {target.backup_volume} (newest {keep} kept)")
-            taken = take_backup(runner, target, password, args.label, keep=keep)
-        files = [f for f in backup_files(runner, target) if f.name == taken or not taken]
+            bucket = f" and {store.where(_stack_of(target))}" if store else ""
+            say(f"pg_dump of {target.db_name} into {target.backup_volume}{bucket} "
+                f"(newest {keep} kept locally)")  # fmt: skip
+            taken = take(runner, target, password, args.label, keep, store).name
+        files = [f for f in everywhere(runner, target, store) if f.name == taken or not taken]
     except (MigrationError, TaskError) as exc:
         raise OpsError(str(exc)) from None
     if args.json:

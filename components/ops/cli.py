@@ -212,18 +212,22 @@ def _db_access(stack: Pulumi) -> tuple[Any, Any, str, list[str], str]:
 
 def _restore(stack: Pulumi, backup_id: str) -> str:
     """Fresh backup, restore ``backup_id``, reset in-flight work; workers stopped meanwhile."""
-    from components.providers.postgres import Conn, restore_backup, take_backup
+    from components.providers.postgres import Conn, restore_backup
 
     runner, target, password, quiescent, app = _db_access(stack)
+    store = backup.store_of(stack)
     say("taking a fresh backup before restoring")
     keep = max(5, len(quiescent) + 5)
     # protect: the pruning after this backup must never remove the one about to be restored.
-    fresh = take_backup(runner, target, password, "pre-rollback", keep=keep, protect=backup_id)
+    fresh = backup.take(runner, target, password, "pre-rollback", keep, store, [backup_id]).name
+    # Not (or no longer) in the volume: downloaded from the bucket and checked before anything.
+    data = backup.from_store(runner, target, password, store, backup_id)
     say(f"fresh backup {fresh}; stopping {', '.join(quiescent) or 'nothing'}")
     runner.stop_containers(quiescent)
     try:
-        say(f"restoring {backup_id}")
-        restore_backup(runner, target, password, backup_id)
+        where = "the bucket" if data is not None else "the backup volume"
+        say(f"restoring {backup_id} from {where}")
+        restore_backup(runner, target, password, backup_id, data=data)
         if app in APPS_WITH_CHUNKS:
             _sql(runner, Conn(target, password), RESET_CHUNKS)
     finally:
@@ -286,7 +290,6 @@ def _downgrade(stack: Pulumi, args: argparse.Namespace, entries: list[Entry], ta
         MigrationError,
         ReleaseRecord,
         record_release,
-        take_backup,
     )
     from components.providers.runner import Task, TaskError
     from components.providers.window import close_window, open_window
@@ -299,7 +302,9 @@ def _downgrade(stack: Pulumi, args: argparse.Namespace, entries: list[Entry], ta
     if window:
         say(f"maintenance window open: {open_window(host, window) or 'no edge running'}")
     try:
-        fresh = take_backup(runner, db_target, password, "pre-rollback", keep=_keep(stack))
+        taken = backup.take(runner, db_target, password, "pre-rollback", _keep(stack),
+                            backup.store_of(stack))  # fmt: skip
+        fresh = taken.name
         say(f"backup {fresh}; downgrading {revision['from']} -> {revision['to']} with the "
             f"current image {inputs.get('release') or inputs['source_image']}")  # fmt: skip
         env = {**pg_env(db_target, password), **_plain_map(inputs.get("env")),
@@ -327,6 +332,7 @@ def _downgrade(stack: Pulumi, args: argparse.Namespace, entries: list[Entry], ta
         release=f"rollback-to-{target.number}",
         source_image="",
         backup_id=fresh,
+        backup_sha256=taken.sha256,
         applied=(),
         ledger=(),
         revision=revision["to"],
@@ -510,7 +516,8 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
 def cmd_backup(args: argparse.Namespace) -> int:
     """``appstack backup list | take | verify [NAME]`` (components/ops/backup.py)."""
     stack = _stack(args)
-    return backup.run(args, _db_access(stack), keep=_keep(stack), say=say)
+    return backup.run(args, _db_access(stack), keep=_keep(stack), say=say,
+                      store=backup.store_of(stack))  # fmt: skip
 
 
 def cmd_release(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
+from components.providers.backup_store import StoreConfig, Taken, take_and_ship
 from components.providers.postgres import (
     DEFAULT_LOCK_TIMEOUT,
     Conn,
@@ -35,7 +36,6 @@ from components.providers.postgres import (
     query_state,
     record_release,
     schema_checksum,
-    take_backup,
 )
 from components.providers.runner import (
     Runner,
@@ -69,9 +69,10 @@ ECHOED_KEYS = (
     "heads_command",
     "downgrade_command",
     "window",
+    "backup_store",
 )
 """Non-secret inputs copied into the outputs, so that ``diff`` can compare against them."""
-SECRET_KEYS = ("db_password", "secret_env")
+SECRET_KEYS = ("db_password", "secret_env", "backup_store_secrets")
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class MigrationInputs:
     heads_command: tuple[str, ...] = ()
     window: Mapping[str, Any] | None = None
     """The edge to open the maintenance window at (its name and labels), Docker only."""
+    store: StoreConfig | None = None
+    """The off-host store each backup is shipped to (``appstack:backups``)."""
 
     @classmethod
     def parse(cls, props: Mapping[str, Any]) -> MigrationInputs:
@@ -118,6 +121,9 @@ class MigrationInputs:
             lock_timeout=str(props.get("lock_timeout") or DEFAULT_LOCK_TIMEOUT),
             heads_command=tuple(str(c) for c in props.get("heads_command") or ()),
             window=dict(props["window"]) if props.get("window") else None,
+            store=StoreConfig.from_inputs(
+                props.get("backup_store"), props.get("backup_store_secrets")
+            ),
         )
 
     @property
@@ -257,6 +263,7 @@ def _migrate(args: MigrationInputs, props: Mapping[str, Any]) -> dict[str, Any]:
             release=args.release_label,
             source_image=args.release or args.source_image,
             backup_id=result["backup_id"],
+            backup_sha256=result.get("backup_sha256") or "",
             applied=tuple(result["applied"]),
             ledger=tuple(row["name"] for row in result["ledger"]),
             revision=result["revision_after"],
@@ -272,19 +279,28 @@ def _migrate(args: MigrationInputs, props: Mapping[str, Any]) -> dict[str, Any]:
 
 def _quiesced_backup(
     args: MigrationInputs, runner: Runner, state: DbState, notes: list[str]
-) -> str:
-    """Back up a database that has something to lose; say so when it does not."""
+) -> Taken | None:
+    """Back up a database that has something to lose (off the host too, when a store is
+    configured); say so when it does not."""
     if state.empty:
         notes.append("empty database: nothing to back up")
-        return ""
-    return take_backup(
+        return None
+    taken = take_and_ship(
         runner,
         args.target,
         args.password,
         args.release_label,
         args.keep_backups,
-        args.connect_deadline_s,
+        args.store,
+        connect_deadline_s=args.connect_deadline_s,
     )
+    if taken.shipped and args.store is not None:
+        stack = args.target.stack or args.target.name_prefix
+        kept = "kept" if taken.local else "removed"
+        dropped = list(taken.pruned) or "none"
+        notes.append(f"backup {taken.name} shipped to {args.store.where(stack, taken.name)} "
+                     f"(local copy {kept}; retention dropped {dropped})")  # fmt: skip
+    return taken
 
 
 def _with_quiescence(args: MigrationInputs, runner: Runner, notes: list[str], work: Any) -> Any:
@@ -312,13 +328,13 @@ def _run_sql_dir(
     files = load_schema(runner.read_image_dir(args.source_image, args.schema_path))
     plan = plan_migration(files, state, args.baseline)
     notes: list[str] = list(plan.notes)
-    backup_id = ""
+    taken: Taken | None = None
     applied: list[str] = []
     if plan.has_work:
 
         def work() -> list[str]:
-            nonlocal backup_id
-            backup_id = _quiesced_backup(args, runner, state, notes)
+            nonlocal taken
+            taken = _quiesced_backup(args, runner, state, notes)
             return apply_plan(runner, conn, plan, args.lock_timeout)
 
         applied = _with_quiescence(args, runner, notes, work)
@@ -334,7 +350,8 @@ def _run_sql_dir(
         "pending_before": len(plan.pending) + len(plan.baselined) + (1 if plan.init else 0),
         "ledger": [row.to_dict() for row in state.ledger],
         "schema_checksum": schema_checksum(files),
-        "backup_id": backup_id,
+        "backup_id": taken.name if taken else "",
+        "backup_sha256": taken.sha256 if taken else "",
         "revision_before": "",
         "revision_after": "",
         "window_opened": "",
@@ -369,7 +386,7 @@ def _heads(args: MigrationInputs, runner: Runner, env: Mapping[str, str]) -> lis
 
 
 def _result(
-    state: DbState, after: DbState, backup_id: str, notes: list[str], opened: str
+    state: DbState, after: DbState, taken: Taken | None, notes: list[str], opened: str
 ) -> dict[str, Any]:
     return {
         "applied": [],
@@ -377,7 +394,8 @@ def _result(
         "pending_before": 0,
         "ledger": [],
         "schema_checksum": "",
-        "backup_id": backup_id,
+        "backup_id": taken.name if taken else "",
+        "backup_sha256": taken.sha256 if taken else "",
         "revision_before": state.revision or "",
         "revision_after": after.revision or "",
         "window_opened": opened,
@@ -389,7 +407,7 @@ def _run_command(
     args: MigrationInputs, runner: Runner, conn: Conn, state: DbState
 ) -> dict[str, Any]:
     notes: list[str] = []
-    backup_id = ""
+    taken: Taken | None = None
     # libpq (psql, psycopg2 under alembic) reads PGOPTIONS: the command's statements get the
     # lock_timeout too. The advisory lock is the sql-dir engine's (it owns the session).
     lock_option = f"-c lock_timeout={args.lock_timeout}"
@@ -400,7 +418,7 @@ def _run_command(
         if state.revision in heads:
             notes.append(f"revision {state.revision} is the image's head: nothing pending, "
                          "no maintenance window, no backup")  # fmt: skip
-            return _result(state, state, "", notes, "")
+            return _result(state, state, None, notes, "")
         notes.append(f"revision {state.revision or '(none)'} -> head {', '.join(heads)}")
     task = Task(
         name="migrate-command",
@@ -417,8 +435,8 @@ def _run_command(
         notes.append(f"maintenance window opened at {opened}" if opened else "no edge running")
 
     def work() -> None:
-        nonlocal backup_id
-        backup_id = _quiesced_backup(args, runner, state, notes)
+        nonlocal taken
+        taken = _quiesced_backup(args, runner, state, notes)
         try:
             runner.run(task)
         except TaskError as exc:
@@ -437,7 +455,7 @@ def _run_command(
         except Exception as close_exc:
             said = f"closing the maintenance window also failed: {close_exc}"
         raise MigrationError(f"{exc}\n{said}") from exc
-    return _result(state, query_state(runner, conn), backup_id, notes, opened)
+    return _result(state, query_state(runner, conn), taken, notes, opened)
 
 
 @dataclass(frozen=True)
@@ -467,6 +485,10 @@ class MigrationArgs:
     """Not run here: kept in the state for ``appstack rollback``."""
     window: Mapping[str, Any] | None = None
     """The edge container's name and labels: open the maintenance window there (Docker)."""
+    backup_store: Mapping[str, Any] | None = None
+    """Where backups go off the host (``BackupStoreSpec.plain``); no credentials."""
+    backup_store_secrets: pulumi.Input[Mapping[str, str]] | None = None
+    """The store's access key, secret key and encryption key: a secret input."""
 
 
 def stack_target(target: Target) -> Target:
@@ -503,6 +525,8 @@ def migration_args(
         heads_command=list(spec.heads_command),
         downgrade_command=list(spec.downgrade_command),
         window=window,
+        backup_store=spec.backup_store.plain if spec.backup_store else None,
+        backup_store_secrets=spec.backup_store.secrets if spec.backup_store else None,
     )
 
 
@@ -515,6 +539,7 @@ class Migration(Resource, module="ops", name="Migration"):
     ledger: pulumi.Output[list[dict[str, str]]]
     schema_checksum: pulumi.Output[str]
     backup_id: pulumi.Output[str]
+    backup_sha256: pulumi.Output[str]
     duration_s: pulumi.Output[float]
     revision_before: pulumi.Output[str]
     revision_after: pulumi.Output[str]
@@ -545,6 +570,9 @@ class Migration(Resource, module="ops", name="Migration"):
             "heads_command": list(args.heads_command),
             "downgrade_command": list(args.downgrade_command),
             "window": dict(args.window) if args.window else None,
+            "backup_store": dict(args.backup_store) if args.backup_store else None,
+            # The store's credentials and key: a secret input, never in outputs (SECRET_KEYS).
+            "backup_store_secrets": pulumi.Output.secret(args.backup_store_secrets or {}),
             **dict.fromkeys(
                 (
                     "applied",
@@ -553,6 +581,7 @@ class Migration(Resource, module="ops", name="Migration"):
                     "ledger",
                     "schema_checksum",
                     "backup_id",
+                    "backup_sha256",
                     "duration_s",
                     "revision_before",
                     "revision_after",

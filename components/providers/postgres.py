@@ -11,7 +11,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS {RELEASES} (
   applied jsonb NOT NULL,
   ledger jsonb NOT NULL,
   revision text NOT NULL
-);"""
+);
+ALTER TABLE {RELEASES} ADD COLUMN IF NOT EXISTS backup_sha256 text NOT NULL DEFAULT '';"""
 """One row per migration run that did work, next to the ledger: what ``appstack history`` and
 ``rollback`` read on any state backend (Pulumi's checkpoints per update are not exportable from
 a self-managed backend). Its own schema, left out of backups, so a restore keeps the records of
@@ -529,8 +530,9 @@ n=0
 for f in $(ls -1 "$BACKUP_DIR" | sort -r); do
   case "$f" in
     {_BACKUP_PATTERN})
-      # The backup a rollback is about to restore is never pruned, nor counted.
-      if [ "$f" = "${{PROTECT:-}}" ]; then continue; fi
+      # A backup a rollback is about to restore, or one the release records name, is never
+      # pruned, nor counted (PROTECT: space-separated ids).
+      case " ${{PROTECT:-}} " in *" $f "*) continue ;; esac
       n=$((n + 1))
       if [ "$n" -gt "$KEEP" ]; then
         rm -f "$BACKUP_DIR/$f" "$BACKUP_DIR/$f{CHECKSUM_SUFFIX}"; echo "{MARK}PRUNED:$f"
@@ -576,11 +578,12 @@ def take_backup(
     release_label: str,
     keep: int,
     connect_deadline_s: float = 30.0,
-    protect: str = "",
+    protect: str | Collection[str] = "",
 ) -> str:
     """``pg_dump -Fc`` into the backup volume, prune to the newest ``keep``; return the id.
 
-    ``protect`` names a backup the pruning must leave (one about to be restored).
+    ``protect`` names backups the pruning must leave (one about to be restored, those the
+    release records name).
     """
     if keep < 1:
         msg = f"keep_backups must be at least 1, got {keep}"
@@ -588,8 +591,9 @@ def take_backup(
     conn = Conn(target, password, connect_deadline_s)
     for attempt in range(3):
         name = backup_name(target.name_prefix, release_label)
+        kept = protect if isinstance(protect, str) else " ".join(sorted(protect))
         env = {"BACKUP_NAME": name, "BACKUP_PREFIX": target.name_prefix, "KEEP": str(keep),
-               "PROTECT": protect}  # fmt: skip
+               "PROTECT": kept}  # fmt: skip
         task = conn.task(runner, "backup", BACKUP_SH, env=env, backups=True)
         try:
             logs = conn.run(runner, task)
@@ -608,15 +612,42 @@ def take_backup(
     raise MigrationError(msg)
 
 
+def fetched_files(backup_id: str, data: bytes, sha256: str = "") -> dict[str, bytes]:
+    """A dump fetched from the store and its checksum line (``sha256``, the recorded one, else
+    the dump's own) as task files under ``FETCHED``: the task checks the dump against it."""
+    line = f"{sha256 or hashlib.sha256(data).hexdigest()}  {backup_id}\n".encode()
+    return {f"{FETCHED}/{backup_id}": data, f"{FETCHED}/{backup_id}{CHECKSUM_SUFFIX}": line}
+
+
+FETCHED = "fetched"
+FROM_FETCHED = f'BACKUP_DIR="$WORK/{FETCHED}"\n'
+"""Prepended to a script: read the backup from the task's files instead of the volume."""
+
+
 def restore_backup(
-    runner: Runner, target: Target, password: str, backup_id: str, connect_deadline_s: float = 30.0
+    runner: Runner,
+    target: Target,
+    password: str,
+    backup_id: str,
+    connect_deadline_s: float = 30.0,
+    data: bytes | None = None,
+    sha256: str = "",
 ) -> None:
-    """Replace the database's public schema with a backup, in one transaction."""
+    """Replace the database's public schema with a backup, in one transaction.
+
+    ``data``: the dump itself (fetched from the off-host store), instead of the volume's file,
+    checked against ``sha256`` (the recorded checksum) when given.
+    """
     if not _BACKUP_ID.match(backup_id):
         msg = f"backup id {backup_id!r} is not a backup file name"
         raise ValueError(msg)
     conn = Conn(target, password, connect_deadline_s)
-    task = conn.task(runner, "restore", RESTORE_SH, env={"BACKUP_ID": backup_id}, backups=True)
+    if data is None:
+        task = conn.task(runner, "restore", RESTORE_SH, env={"BACKUP_ID": backup_id}, backups=True)
+    else:
+        files = fetched_files(backup_id, data, sha256)
+        env = {"BACKUP_ID": backup_id}
+        task = conn.task(runner, "restore", FROM_FETCHED + RESTORE_SH, files, env=env)
     try:
         conn.run(runner, task)
     except TaskError as exc:
@@ -640,6 +671,8 @@ class BackupFile:
     name: str
     size: int
     sha256: str
+    where: str = "local"
+    """Where it lives: ``local`` (the volume), ``bucket`` (the off-host store) or both."""
 
 
 def backup_files(runner: Runner, target: Target) -> list[BackupFile]:
@@ -682,6 +715,8 @@ class ReleaseRecord:
     applied: tuple[str, ...]
     ledger: tuple[str, ...]
     revision: str
+    backup_sha256: str = ""
+    """sha256 of the backup's plaintext dump: what a restore from the off-host store checks."""
 
     def to_dict(self) -> dict[str, object]:
         """Plain dict form (JSON)."""
@@ -693,6 +728,7 @@ class ReleaseRecord:
             "applied": list(self.applied),
             "ledger": list(self.ledger),
             "revision": self.revision,
+            "backup_sha256": self.backup_sha256,
         }
 
 
@@ -707,12 +743,13 @@ def record_release(runner: Runner, conn: Conn, record: ReleaseRecord) -> None:
             _lit(json.dumps(list(record.applied))) + "::jsonb",
             _lit(json.dumps(list(record.ledger))) + "::jsonb",
             _lit(record.revision),
+            _lit(record.backup_sha256),
         ]
     )
     sql = (
         f"\\set ON_ERROR_STOP on\n{RELEASES_DDL}\n"
         f"INSERT INTO {RELEASES} (ran_at, release, source_image, backup_id, applied, "
-        f"ledger, revision) VALUES ({values});\n"
+        f"ledger, revision, backup_sha256) VALUES ({values});\n"
     )
     task = conn.task(runner, "record", PSQL.format(file="r.sql"), {"r.sql": sql.encode()})
     conn.run(runner, task)
@@ -724,7 +761,8 @@ SELECT to_regclass('{RELEASES}') IS NOT NULL AS appstack_has_releases \\gset
 SELECT '{MARK}RELEASE:' || json_build_object(
   'ran_at', to_char(ran_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
   'release', release, 'source_image', source_image, 'backup_id', backup_id,
-  'applied', applied, 'ledger', ledger, 'revision', revision)::text
+  'applied', applied, 'ledger', ledger, 'revision', revision,
+  'backup_sha256', backup_sha256)::text
   FROM {RELEASES} ORDER BY ran_at, id;
 \\endif
 """  # noqa: S608 - module constants only
@@ -747,6 +785,7 @@ def read_releases(runner: Runner, conn: Conn) -> list[ReleaseRecord]:
                 applied=tuple(row["applied"] or ()),
                 ledger=tuple(row["ledger"] or ()),
                 revision=str(row["revision"]),
+                backup_sha256=str(row.get("backup_sha256") or ""),
             )
         )
     return out

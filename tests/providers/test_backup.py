@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from components.ops import cli
+from components.providers.backup_store import read_dump, take_and_ship
 from components.providers.postgres import (
+    Conn,
     MigrationError,
+    ReleaseRecord,
     backup_files,
     list_backups,
+    record_release,
     restore_backup,
     take_backup,
 )
@@ -62,6 +67,7 @@ def test_a_rollback_restore_never_prunes_the_backup_it_restores(
     access: tuple[Any, ...] = (runner, db.target, db.password, [], "haven")
     monkeypatch.setattr(cli, "_db_access", lambda _stack: access)
     monkeypatch.setattr(cli, "APPS_WITH_CHUNKS", ())
+    monkeypatch.setattr(cli.backup, "store_of", lambda _stack: None)  # no off-host store
     fresh = cli._restore(None, restore_point)  # type: ignore[arg-type]
     kept = list_backups(runner, db.target)
     assert restore_point in kept and fresh in kept
@@ -81,3 +87,49 @@ def test_a_corrupt_backup_is_refused_before_anything_is_restored(db: Db) -> None
     with pytest.raises(MigrationError, match=f"backup {name} is corrupt"):
         restore_backup(runner, db.target, db.password, name)
     assert db.sql("SELECT count(*) FROM t") == "2", "nothing restored"
+
+
+def test_the_volume_never_prunes_a_backup_a_release_record_names(db: Db) -> None:
+    """``take_and_ship`` without a store: the volume's ``keep`` spares what history needs."""
+    runner = LocalRunner(str(db.workdir))
+    db.app_sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    needed = take_and_ship(runner, db.target, db.password, "r1", keep=1, store=None)
+    assert needed.local and not needed.shipped
+    assert needed.sha256 == hashlib.sha256((_volume(db) / needed.name).read_bytes()).hexdigest()
+    record = ReleaseRecord("2026-11-26T00:00:00Z", "r1", "img", needed.name, ("a.sql",), (), "",
+                           needed.sha256)  # fmt: skip
+    record_release(runner, Conn(db.target, db.password), record)
+    time.sleep(1.1)  # backup ids carry the second they were taken
+    other = take_and_ship(runner, db.target, db.password, "r2", keep=1, store=None)
+    time.sleep(1.1)
+    newest = take_and_ship(runner, db.target, db.password, "r3", keep=1, store=None)
+    kept = list_backups(runner, db.target)
+    assert kept == [newest.name, needed.name], f"{other.name} goes, the recorded one stays"
+
+
+def test_a_restore_takes_the_dump_as_a_file_when_the_volume_lacks_it(db: Db) -> None:
+    """What a restore from the bucket does once the dump is downloaded and checked."""
+    runner = LocalRunner(str(db.workdir))
+    db.app_sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    name = take_backup(runner, db.target, db.password, "r1", keep=3)
+    data = (_volume(db) / name).read_bytes()
+    for path in _volume(db).iterdir():
+        path.unlink()
+    db.app_sql("INSERT INTO t VALUES (2)")
+    restore_backup(runner, db.target, db.password, name, data=data)
+    assert db.sql("SELECT count(*) FROM t") == "1", "the dump handed over was restored"
+    with pytest.raises(MigrationError, match=f"backup {name} is corrupt"):
+        restore_backup(runner, db.target, db.password, name, data=data[:-10] + bytes(10),
+                       sha256=hashlib.sha256(data).hexdigest())  # fmt: skip
+
+
+def test_a_dump_is_read_out_of_the_volume_through_a_task(db: Db) -> None:
+    """Runners without an archive API (local, Kubernetes) print the dump in base64."""
+    runner = LocalRunner(str(db.workdir))
+    db.app_sql("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 5000)")
+    name = take_backup(runner, db.target, db.password, "r1", keep=3)
+    data, sha256 = read_dump(runner, db.target, name)
+    assert data == (_volume(db) / name).read_bytes() and data.startswith(b"PGDMP")
+    assert sha256 == hashlib.sha256(data).hexdigest()
+    with pytest.raises(MigrationError, match=r"backup nope\.dump is not in volume"):
+        read_dump(runner, db.target, "nope.dump")
