@@ -32,7 +32,7 @@ lint: venv
 	.venv/bin/ruff format --check .
 
 typecheck: venv
-	.venv/bin/mypy components __main__.py tests bench
+	.venv/bin/mypy components __main__.py tests bench policy
 
 unit: venv
 	.venv/bin/pytest tests/unit -q $(PYTEST_ARGS)
