@@ -114,32 +114,38 @@ def _outcome(status: int | None, body: str, result_key: str, where: str) -> dict
     raise EngineError(msg)
 
 
-def _call_kubernetes(props: Mapping[str, Any]) -> dict[str, str]:
-    """The call as a Job: the API's image as a native sidecar, the call in the Job's container."""
+def kubernetes_job(props: Mapping[str, Any]) -> tuple[KubernetesRunner, Task, Sidecar]:
+    """The runner, task and sidecar of the call on Kubernetes (a pure function: the cluster
+    tests run exactly this pod under Docker)."""
     target = dict(props["target"])
     token_env = str(props["token_env"])
-    token = str(props["token"])
     env = {str(k): str(v) for k, v in (props.get("env") or {}).items()}
     runner = KubernetesRunner(
         str(target["namespace"]), str(props["name_prefix"]), target.get("context") or None,
         int(target.get("run_as_user") or 10001),
     )  # fmt: skip
     argv = call_argv(props)
-    deadline = float(props.get("timeout_s") or 120)
     task = Task(
         name="bootstrap",
         image=str(props["image"]),
         entrypoint=argv[:1],
         command=argv[1:],
-        env={**env, token_env: token},
-        timeout_s=deadline + 60,
-        secret_keys=(token_env, *env),
+        env={**env, token_env: str(props["token"])},
+        timeout_s=float(props.get("timeout_s") or 120) + 60,
+        secret_keys=(token_env,),  # and every name that looks secret (runner.looks_secret)
     )
     server = Sidecar(
         image=str(props["image"]),
         read_only_root=bool(props.get("read_only")),
         tmpfs=[str(p) for p in props.get("tmpfs") or ()],
     )
+    return runner, task, server
+
+
+def _call_kubernetes(props: Mapping[str, Any]) -> dict[str, str]:
+    """The call as a Job: the API's image as a native sidecar, the call in the Job's container."""
+    runner, task, server = kubernetes_job(props)
+    deadline = float(props.get("timeout_s") or 120)
     where = f"POST {props['path']}"
     started = time.monotonic()
     try:
