@@ -230,11 +230,10 @@ KEYS: tuple[Key, ...] = (
         "`{authMode, rateLimits: {default, expensive, perKey}, requiredChecks}`",
         (
             "Engramia only. `authMode` becomes `ENGRAMIA_AUTH_MODE`: `env` (keys of the "
-            "`apiKeys` secret, comma-separated) or `db` (keys in the database; on Docker "
-            "appstack bootstraps on the first deploy and keeps the owner key as the secret "
-            'output `engramiaOwnerKey`, see "Engramia\'s db auth mode"; on Kubernetes the API '
-            "gets `ENGRAMIA_BOOTSTRAP_TOKEN` for the operator's call, and `apiKeys` must hold "
-            "the owner key it returns so the smoke test can authenticate). `requiredChecks`: the "
+            "`apiKeys` secret, comma-separated) or `db` (keys in the database; appstack "
+            "bootstraps on the first deploy, Docker and Kubernetes alike, and keeps the owner "
+            'key as the secret output `engramiaOwnerKey`, see "Engramia\'s db auth mode"; the '
+            "API never gets `ENGRAMIA_BOOTSTRAP_TOKEN`). `requiredChecks`: the "
             "deep-health checks (`storage`, `migration`, `llm`, `embedding`, `stripe`) the smoke "
             "test requires `ok`; the others are tolerated (a normal install answers `degraded`). "
             "Engramia's `auto`, `dev` and `oidc` are refused. Rate limits are integers, requests "

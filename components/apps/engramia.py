@@ -126,8 +126,8 @@ def build(settings: Settings, secrets: Mapping[str, pulumi.Output[str]]) -> AppS
     }
     bootstrap = None
     if settings.engramia.auth_mode == "db":
-        # Only db mode has a bootstrap endpoint. Where the platform runs the bootstrap itself
-        # (Docker) the API never gets the token; elsewhere it keeps it for the operator's call.
+        # Only db mode has a bootstrap endpoint. Both platforms run the bootstrap themselves and
+        # take the token out of the API's env (the Bootstrap's server alone gets it).
         api_secrets["ENGRAMIA_BOOTSTRAP_TOKEN"] = secrets["bootstrapToken"]
         bootstrap = BootstrapSpec(
             service="api",

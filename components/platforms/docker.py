@@ -11,7 +11,6 @@ the new public release, then the smoke test. No release deletes its predecessor 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,13 +20,14 @@ from components import edge
 from components.monitoring import Monitoring, MonitoringArgs
 from components.platforms import PlatformArgs, rollout_order
 from components.providers import engine
-from components.providers.bootstrap import Bootstrap, BootstrapArgs
+from components.providers.bootstrap import Bootstrap, bootstrap_args, with_owner_key
 from components.providers.container import SECRETS_DIR
 from components.providers.edge import EdgeRoute, EdgeRouteArgs
 from components.providers.migration import Migration, migration_args
 from components.providers.runner import Target
 from components.providers.smoke import SmokeTest, smoke_args
 from components.providers.task import OneOffTask, OneOffTaskArgs
+from components.providers.window import token_of as window_token_of
 from components.spec import EdgeSpec, Exposure, HealthCheck, Role, ServiceSpec, TlsMode
 
 TYPE = "appstack:platforms:DockerApp"
@@ -40,12 +40,6 @@ def health_test(check: HealthCheck) -> list[str]:
     if check.http_path:
         return ["CMD", "python3", "-c", HTTP_PROBE, check.http_path]
     return ["CMD", *check.command]
-
-
-def _prefer(first: pulumi.Output[str], fallback: pulumi.Output[str] | None) -> pulumi.Output[str]:
-    """``first`` unless empty (a bootstrap done outside appstack), then ``fallback``."""
-    both = pulumi.Output.all(first, fallback or "")
-    return pulumi.Output.secret(both.apply(lambda v: str(v[0] or v[1])))
 
 
 def secret_files(
@@ -150,24 +144,16 @@ class DockerApp(pulumi.ComponentResource):
         if spec is None:
             return None
         svc = next(s for s in self._app.services if s.name == spec.service)
-        env = {k: v for k, v in {**svc.env, **svc.secret_env}.items() if k != spec.token_env}
         return Bootstrap(
             f"{self._name}-bootstrap",
-            BootstrapArgs(
-                image=self._images[svc.name].image_id,
-                env=env,
-                token=spec.token,
-                token_env=spec.token_env,
-                path=spec.path,
-                body_key=spec.body_key,
-                result_key=spec.result_key,
-                port=svc.port or 0,
+            bootstrap_args(
+                spec,
+                svc,
+                self._images[svc.name].image_id,
                 network=self.internal.name,
                 name_prefix=self._prefix,
                 labels=self._labels(),
                 user=svc.user,
-                read_only=svc.read_only_root,
-                tmpfs=list(svc.tmpfs),
                 docker_host=self._host,
                 timeout_s=self._settings.deploy_timeout_s,
             ),
@@ -401,10 +387,7 @@ class DockerApp(pulumi.ComponentResource):
 
     def _window_token(self) -> pulumi.Output[str]:
         """The maintenance window's token ("" without a window): from the database password."""
-        spec, migration = self._app.edge, self._app.migration
-        if not (spec and spec.window and migration):
-            return pulumi.Output.from_input("")
-        return pulumi.Output.from_input(migration.database.password).apply(edge.window_token)
+        return window_token_of(self._app)
 
     def _window(self) -> dict[str, Any] | None:
         """The edge container the maintenance window opens at: its stable name and labels."""
@@ -499,11 +482,7 @@ class DockerApp(pulumi.ComponentResource):
         window = self._window()
         headers = {edge.WINDOW_HEADER: self._window_token()} if window else {}
         if self.bootstrap:
-            owner = self.bootstrap.owner_key
-            spec = dataclasses.replace(spec, checks=tuple(
-                dataclasses.replace(c, bearer=_prefer(owner, c.bearer))
-                if c.bearer_from_bootstrap else c for c in spec.checks
-            ))  # fmt: skip
+            spec = with_owner_key(spec, self.bootstrap.owner_key)
         prune = None
         if self._settings.prune_images:
             refs = {s.name: s.image for s in self._app.services}

@@ -7,6 +7,7 @@ The edge (Caddy) is one more Deployment in front of the public service (``with_e
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -24,7 +25,15 @@ from components.platforms.k8s_base import (
     KubernetesParts,
 )
 from components.providers.k8s_runner import TASK_LABEL
-from components.spec import AppSpec, Exposure, HealthCheck, InitTask, Role, ServiceSpec
+from components.spec import (
+    AppSpec,
+    EdgeSpec,
+    Exposure,
+    HealthCheck,
+    InitTask,
+    Role,
+    ServiceSpec,
+)
 
 # The pod's root is read-only: Caddy writes its file, config and data under the /tmp emptyDir.
 EDGE_COMMAND = (
@@ -35,29 +44,64 @@ EDGE_COMMAND = (
 )
 
 
-def with_edge_service(app: AppSpec, replicas: int, metrics: bool = False) -> AppSpec:
+CADDYFILE_DIGEST = "APPSTACK_CADDYFILE_SHA256"
+"""Plain env of an edge whose Caddyfile a Secret holds: its digest, so a change rolls the pods."""
+
+
+def _edge_config(
+    spec: EdgeSpec, target: str, metrics: bool, token: pulumi.Output[str] | None
+) -> tuple[dict[str, pulumi.Input[str]], dict[str, pulumi.Output[str]], tuple[str, ...]]:
+    """The edge's plain env, secret env and emptyDir paths.
+
+    Without a window the Caddyfile is plain env. With one it holds the window's token: it goes in
+    the edge's Secret, a digest of it in the plain env (a Secret's change alone would roll no
+    pod), and the window file gets the emptyDir ``/data/appstack``.
+    """
+    env: dict[str, pulumi.Input[str]] = {"XDG_DATA_HOME": "/tmp/data",
+                                         "XDG_CONFIG_HOME": "/tmp/config"}  # fmt: skip
+    if not (spec.window and token is not None):
+        env["CADDYFILE"] = edge.caddyfile(spec, target, serve_tls=False, metrics=metrics)
+        return env, {}, ("/tmp",)
+    text = token.apply(
+        lambda t: edge.caddyfile(spec, target, serve_tls=False, metrics=metrics, window_token=t)
+    )
+    caddyfile: pulumi.Output[str] = pulumi.Output.secret(text)
+    # A one-way digest of a file whose secret part is a 160-bit token reveals nothing of it: it
+    # stays plain, or the whole Deployment spec would be one opaque secret in state and previews.
+    digest = caddyfile.apply(lambda t: hashlib.sha256(t.encode()).hexdigest())
+    env[CADDYFILE_DIGEST] = pulumi.Output.unsecret(digest)
+    window_dir = edge.WINDOW_FILE.rsplit("/", 1)[0]
+    return env, {"CADDYFILE": caddyfile}, ("/tmp", window_dir)
+
+
+def with_edge_service(
+    app: AppSpec,
+    replicas: int,
+    metrics: bool = False,
+    window_token: pulumi.Output[str] | None = None,
+) -> AppSpec:
     """The app with its edge as one more Deployment: Ingress -> Caddy -> the public service.
 
     TLS ends at the Ingress, so Caddy serves plain HTTP; a rolling update of the upstream keeps
     its Service answering, so the Caddyfile names the Service, and a change of it (maintenance)
     rolls Caddy's pods like any env change. ``metrics``: Caddy's metrics listener for the
-    monitoring (``edge.METRICS_PORT``).
+    monitoring (``edge.METRICS_PORT``). ``window_token``: the runbook's maintenance window
+    (``components/providers/window.py``), for an edge spec that has one.
     """
     if app.edge is None:
         return app
     spec = app.edge
     upstream = app.service(spec.upstream)
     target = f"{upstream.name}:{upstream.port}"
+    env, secret_env, tmpfs = _edge_config(spec, target, metrics, window_token)
     caddy = ServiceSpec(
         name="caddy",
         image=spec.image,
         port=edge.HTTP_PORT,
         command=EDGE_COMMAND,
-        env={
-            "CADDYFILE": edge.caddyfile(spec, target, serve_tls=False, metrics=metrics),
-            "XDG_DATA_HOME": "/tmp/data",
-            "XDG_CONFIG_HOME": "/tmp/config",
-        },
+        env=env,
+        secret_env=secret_env,
+        tmpfs=tmpfs,
         health=HealthCheck(command=edge.HEALTH),
         exposure=Exposure.PUBLIC,
         replicas=replicas,

@@ -19,14 +19,16 @@ cluster; the migration and the smoke test need a cluster, so they are skipped (a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components import edge
 from components.monitoring.operator import operator_wanted
 from components.platforms import PlatformArgs, rollout_order
-from components.platforms.k8s_base import BACKUPS_CLAIM, SERVICE_UID
+from components.platforms.k8s_base import BACKUPS_CLAIM, NAME_LABEL, SERVICE_UID
 from components.platforms.k8s_monitoring import MonitoringParts
 from components.platforms.k8s_networking import (  # noqa: F401  (the module's public names)
     Networking,
@@ -41,13 +43,18 @@ from components.platforms.k8s_workloads import (  # noqa: F401  (the module's pu
     replicas,
     with_edge_service,
 )
+from components.providers.bootstrap import Bootstrap, bootstrap_args, with_owner_key
 from components.providers.migration import Migration, migration_args
 from components.providers.runner import Target
 from components.providers.smoke import SmokeTest, smoke_args
+from components.providers.window import kubernetes_window
+from components.providers.window import token_of as window_token_of
 from components.settings import NS, ConfigError
-from components.spec import Role
+from components.spec import AppSpec, Role, ServiceSpec
 
 TYPE = "appstack:platforms:KubernetesApp"
+EDGE = "caddy"
+"""The edge's Deployment (and container) name (``with_edge_service``)."""
 RENDER_NOTE = (
     "render mode (appstack:kubernetes.renderManifestsTo): manifests are written to {dir}; the "
     "Migration and SmokeTest resources need a cluster and were skipped"
@@ -92,6 +99,9 @@ class KubernetesApp(MonitoringParts, Workloads, Networking, Storage, pulumi.Comp
     """The monitoring's Deployments by name (``appstack:monitoring``; empty when off)."""
     migration: Migration | None
     smoke: SmokeTest | None
+    bootstrap: Bootstrap | None
+    secret_outputs: dict[str, pulumi.Output[str]]
+    """Secrets the platform produced (the owner key its bootstrap issued), by output name."""
 
     def __init__(
         self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None
@@ -106,7 +116,14 @@ class KubernetesApp(MonitoringParts, Workloads, Networking, Storage, pulumi.Comp
         self._k = args.settings.kubernetes
         self._monitored = args.app
         metrics = args.settings.monitoring.enabled  # the monitoring scrapes the edge's listener
-        self._app = with_edge_service(args.app, args.settings.replicas("caddy"), metrics)
+        self._window_token = window_token_of(args.app)
+        self._has_window = bool(args.app.edge and args.app.edge.window and args.app.migration)
+        self._app = with_edge_service(
+            _without_bootstrap_token(args.app),
+            args.settings.replicas("caddy"),
+            metrics,
+            self._window_token if self._has_window else None,
+        )
         self._ns_name = self._k.namespace
         self._render = self._k.render_to is not None
         # The Migration and the SmokeTest need a cluster to run on: none in render mode. On a
@@ -136,8 +153,13 @@ class KubernetesApp(MonitoringParts, Workloads, Networking, Storage, pulumi.Comp
         tasks = [] if skip else [self._create_init_job(t) for t in self._app.init_tasks]
         self.migration = self._create_migration() if self._run_tasks else None
         gate: list[pulumi.Resource] = [self.migration] if self.migration else []
+        self.bootstrap = self._create_bootstrap(gate) if self._run_tasks else None
+        self.secret_outputs: dict[str, pulumi.Output[str]] = {}
+        if self.bootstrap and self._app.bootstrap:
+            self.secret_outputs[self._app.bootstrap.output] = self.bootstrap.owner_key
         for svc in (s for s in order if s.role is not Role.DATASTORE):
-            self.workloads[svc.name] = self._create_deployment(svc, gate)
+            own = [self.bootstrap] if self.bootstrap and self._bootstraps(svc) else []
+            self.workloads[svc.name] = self._create_deployment(svc, [*gate, *own])
         self._create_pdbs()
         ingress = self._create_ingress()
         after = [*self.workloads.values(), *tasks, ingress]
@@ -157,8 +179,6 @@ class KubernetesApp(MonitoringParts, Workloads, Networking, Storage, pulumi.Comp
         )  # type: ignore[arg-type,assignment]
         # TLS ends at the Ingress, whose certificate comes from `kubernetes.tlsSecret`.
         self.edge_ca = pulumi.Output.from_input("")
-        # The bootstrap is the operator's call here (README): the API keeps its token.
-        self.secret_outputs: dict[str, pulumi.Output[str]] = {}
         self.register_outputs(
             {
                 "public_url": self.public_url,
@@ -178,6 +198,7 @@ class KubernetesApp(MonitoringParts, Workloads, Networking, Storage, pulumi.Comp
             return ""
         steps = [
             *(["Migration"] if self._app.migration else []),
+            *(["Bootstrap"] if self._app.bootstrap else []),
             *(f"init Job {t.name}" for t in self._app.init_tasks),
             *(["SmokeTest"] if self._app.smoke else []),
         ]
@@ -242,7 +263,7 @@ class KubernetesApp(MonitoringParts, Workloads, Networking, Storage, pulumi.Comp
         return Migration(
             f"{self._name}-migration",
             # Quiescent names are Deployment names: the runner scales them to 0 and back.
-            migration_args(spec, self._target(), spec.source_image, spec.quiescent),
+            migration_args(spec, self._target(), spec.source_image, spec.quiescent, self._window()),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[
@@ -257,8 +278,63 @@ class KubernetesApp(MonitoringParts, Workloads, Networking, Storage, pulumi.Comp
         spec = self._app.smoke
         if spec is None:
             return None
+        window = self._window()
+        headers = {edge.WINDOW_HEADER: self._window_token} if window else {}
+        if self.bootstrap:
+            spec = with_owner_key(spec, self.bootstrap.owner_key)
         return SmokeTest(
             f"{self._name}-smoke",
-            smoke_args(spec, self._entry_url()),
+            smoke_args(spec, self._entry_url(), headers=headers, window=window),
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)),
         )
+
+    # -- the runbook's window and bootstrap --------------------------------------------------
+
+    def _window(self) -> dict[str, Any] | None:
+        """The edge's pods the maintenance window opens at (``window.py``), or None."""
+        if not self._has_window:
+            return None
+        selector = f"{NAME_LABEL}={EDGE}"
+        return kubernetes_window(self._ns_name, self._k.kubeconfig_context, selector, EDGE)
+
+    def _bootstraps(self, svc: ServiceSpec) -> bool:
+        return bool(self._app.bootstrap and self._app.bootstrap.service == svc.name)
+
+    def _create_bootstrap(self, gate: Sequence[pulumi.Resource]) -> Bootstrap | None:
+        """The owner credential, issued once by a Job whose pod runs the service's image as a
+        native sidecar with the token (``providers/bootstrap.py``); the Deployment never has it."""
+        spec = self._app.bootstrap
+        if spec is None:
+            return None
+        svc = self._app.service(spec.service)
+        target = {"kind": "kubernetes", "namespace": self._ns_name,
+                  "context": self._k.kubeconfig_context, "run_as_user": self._uid(svc)}  # fmt: skip
+        return Bootstrap(
+            f"{self._name}-bootstrap",
+            bootstrap_args(
+                spec,
+                svc,
+                svc.image,
+                network="",
+                name_prefix=self._settings.prefix,
+                target=target,
+                timeout_s=self._settings.deploy_timeout_s,
+            ),
+            # The task pods' NetworkPolicy lets the Job reach the database.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*gate, *self._policies]),
+        )
+
+
+def _without_bootstrap_token(app: AppSpec) -> AppSpec:
+    """``app`` whose bootstrapped service never gets the bootstrap token (the runbook's "remove
+    the env var after first use", from the start): the Bootstrap Job holds it, nothing else."""
+    spec = app.bootstrap
+    if spec is None:
+        return app
+    services = tuple(
+        replace(s, secret_env={k: v for k, v in s.secret_env.items() if k != spec.token_env})
+        if s.name == spec.service
+        else s
+        for s in app.services
+    )
+    return replace(app, services=services)

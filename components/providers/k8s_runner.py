@@ -53,6 +53,21 @@ class KubectlError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Sidecar:
+    """A server the task's container talks to on 127.0.0.1: a native sidecar of the task's pod.
+
+    It runs as an initContainer with ``restartPolicy: Always`` (Kubernetes >= 1.29): started
+    before the task's container, stopped once that container ended, so the Job completes. It reads
+    the same Secret as the task (``envFrom``); ``tmpfs`` paths get emptyDirs of their own.
+    """
+
+    image: str
+    read_only_root: bool = True
+    tmpfs: Sequence[str] = ()
+    name: str = "server"
+
+
+@dataclass(frozen=True)
 class JobOutcome:
     """How a task's Job ended, as the API server reports it."""
 
@@ -118,10 +133,36 @@ def _security(uid: int) -> tuple[dict[str, Any], dict[str, Any]]:
     return pod, container
 
 
+def _sidecar_container(
+    sidecar: Sidecar, secret: str, volumes: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The sidecar's initContainer; appends the emptyDirs it mounts to ``volumes``."""
+    mounts = []
+    for i, path in enumerate(sidecar.tmpfs):
+        volumes.append({"name": f"s{i}", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}})
+        mounts.append({"name": f"s{i}", "mountPath": path})
+    _, security = _security(0)
+    return {
+        "name": sidecar.name,
+        "image": sidecar.image,
+        "restartPolicy": "Always",  # native sidecar: ends when the task's container did
+        "envFrom": [{"secretRef": {"name": secret}}],
+        "volumeMounts": mounts,
+        "securityContext": {**security, "readOnlyRootFilesystem": sidecar.read_only_root},
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"cpu": "1", "memory": "512Mi"},
+        },
+    }
+
+
 def task_manifests(
-    task: Task, name: str, namespace: str, uid: int, prefix: str
+    task: Task, name: str, namespace: str, uid: int, prefix: str, sidecar: Sidecar | None = None
 ) -> list[dict[str, Any]]:
-    """The Secret, ConfigMap and Job that run ``task`` (a pure function: tested offline)."""
+    """The Secret, ConfigMap and Job that run ``task`` (a pure function: tested offline).
+
+    With ``sidecar``, the pod also runs that server beside the task (``Sidecar``).
+    """
     labels = {
         TASK_LABEL: TASK_LABEL_VALUE,
         "app.kubernetes.io/managed-by": "appstack",
@@ -179,6 +220,7 @@ def task_manifests(
     }
     if task.entrypoint is not None:
         container["command"] = list(task.entrypoint)
+    init = [_sidecar_container(sidecar, name, volumes)] if sidecar else []
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -193,6 +235,7 @@ def task_manifests(
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": pod_security,
+                    **({"initContainers": init} if init else {}),
                     "containers": [container],
                     "volumes": volumes,
                 },
@@ -262,10 +305,13 @@ class KubernetesRunner:
             msg = "could not clean up task objects: " + "; ".join(problems)
             raise KubectlError(msg)
 
-    def run(self, task: Task) -> TaskResult:
-        """Apply Secret + ConfigMap + Job, wait, collect the log, always delete all three."""
+    def run(self, task: Task, sidecar: Sidecar | None = None) -> TaskResult:
+        """Apply Secret + ConfigMap + Job, wait, collect the log, always delete all three.
+
+        The log is every container's, the sidecar's first (``kubectl logs --all-containers``).
+        """
         name = job_name(self.name_prefix, task.name)
-        manifests = task_manifests(task, name, self.namespace, self.uid, self.name_prefix)
+        manifests = task_manifests(task, name, self.namespace, self.uid, self.name_prefix, sidecar)
         document = json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
         try:
             self.kubectl("apply", "-f", "-", stdin=document)
@@ -401,6 +447,35 @@ class KubernetesRunner:
         return container_path
 
 
+def exec_in_pods(
+    namespace: str, context: str | None, selector: str, container: str, argv: Sequence[str]
+) -> list[tuple[str, str]]:
+    """``kubectl exec`` of ``argv`` in ``container`` of every running pod ``selector`` picks:
+    (pod, output) each, in name order; a pod where it fails raises ``KubectlError`` naming it.
+
+    A pod already terminating is skipped when the exec fails there (it is on its way out and
+    serves no new request once its endpoint is gone).
+    """
+    found = kubectl(namespace, context, "get", "pods", "-l", selector,
+                    "--field-selector=status.phase=Running", "-o", "json")  # fmt: skip
+    pods = sorted(json.loads(found.stdout).get("items") or [], key=lambda p: p["metadata"]["name"])
+    done = []
+    for pod in pods:
+        pod_name = str(pod["metadata"]["name"])
+        proc = kubectl(namespace, context, "exec", pod_name, "-c", container, "--", *argv,
+                       check=False)  # fmt: skip
+        if proc.returncode != 0:
+            if pod["metadata"].get("deletionTimestamp"):
+                continue
+            msg = (
+                f"kubectl exec in pod {namespace}/{pod_name} ({container}) failed "
+                f"({proc.returncode}): {(proc.stderr or proc.stdout).strip()}"
+            )
+            raise KubectlError(msg)
+        done.append((pod_name, proc.stdout.strip()))
+    return done
+
+
 def decode_tar_log(logs: str) -> bytes:
     """The tar archive between the begin/end markers of a ``read_image_dir`` log."""
     lines = logs.splitlines()
@@ -445,7 +520,10 @@ def _failed_condition(status: Mapping[str, Any]) -> str:
 
 def _stuck(pods: Sequence[Mapping[str, Any]]) -> str:
     for pod in pods:
-        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        status_of = pod.get("status") or {}
+        every = [*(status_of.get("initContainerStatuses") or []),
+                 *(status_of.get("containerStatuses") or [])]  # fmt: skip
+        for status in every:
             waiting = (status.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in STUCK_REASONS:
                 return f"{waiting['reason']}: {waiting.get('message', '')}".strip()

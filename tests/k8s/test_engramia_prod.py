@@ -31,7 +31,7 @@ def engramia(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def test_engramia_prod_deploys_from_empty(cluster: Cluster, engramia: Stack) -> None:
     result = engramia.up()
-    assert "NOT declared (Migration, SmokeTest)" in result.text
+    assert "NOT declared (Migration, Bootstrap, SmokeTest)" in result.text
     kinds = checks.assert_every_object_is_live(cluster, engramia)
     assert kinds["Namespace"] == [NS]
     assert sorted(kinds["Deployment"]) == sorted(REPLICAS)

@@ -270,7 +270,9 @@ def test_prod_defaults_to_db_auth() -> None:
     (container,) = api.inputs["spec"]["template"]["spec"]["containers"]
     plain = {e["name"]: e.get("value") for e in container["env"]}
     assert plain["ENGRAMIA_AUTH_MODE"] == "db"
-    assert "ENGRAMIA_BOOTSTRAP_TOKEN" in plain, "db mode: the bootstrap endpoint needs its token"
+    assert "ENGRAMIA_BOOTSTRAP_TOKEN" not in plain, (
+        "the Bootstrap Job holds the token, never the API"
+    )
     probe = container["readinessProbe"]["exec"]["command"]
     assert probe[-1] == "http://127.0.0.1:8000/v1/health", "never /v1/version: 503 in maintenance"
 
