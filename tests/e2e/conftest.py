@@ -43,6 +43,15 @@ def cleanup(stack: Stack, ollama: str = "", app: str = "haven") -> None:
         docker("network", "rm", stack.ollama_network, check=False)
 
 
+def seed_haven_rows(stack: Stack) -> None:
+    """Rows in Haven's main tables for a backup to carry: 3 documents, 2 chunks each."""
+    stack.psql(
+        "insert into documents (title) select 'doc ' || i from generate_series(1, 3) i;"
+        "insert into chunks (document_id, chunk_index, content)"
+        " select d.id, i, 'chunk' from documents d, generate_series(1, 2) i"
+    )
+
+
 @contextmanager
 def haven_stack(tmp: Path, name: str, port: int) -> Iterator[Stack]:
     """A fresh Haven stack with its Ollama stand-in; what it left on the engine removed after."""

@@ -13,7 +13,7 @@ import pytest
 from components.apps.haven import MC_ALIAS
 from components.ops.backup import bucket_task
 from components.ops.stack import plaintext
-from tests.e2e.conftest import haven_stack
+from tests.e2e.conftest import haven_stack, seed_haven_rows
 from tests.e2e.stack import Stack, docker
 
 pytestmark = pytest.mark.e2e
@@ -27,11 +27,7 @@ def bak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A fresh Haven stack at release A, with rows written into its main tables."""
     with haven_stack(tmp_path_factory.mktemp(STACK), STACK, PORT) as stack:
         stack.up()
-        stack.psql(
-            "insert into documents (title) select 'doc ' || i from generate_series(1, 3) i;"
-            "insert into chunks (document_id, chunk_index, content)"
-            " select d.id, i, 'chunk' from documents d, generate_series(1, 2) i"
-        )
+        seed_haven_rows(stack)
         yield stack
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from components.providers.backup_store import ENCRYPTED_MAGIC, StoreConfig
-from tests.e2e.conftest import haven_stack
+from tests.e2e.conftest import haven_stack, seed_haven_rows
 from tests.e2e.stack import Stack, docker
 
 pytestmark = pytest.mark.e2e
@@ -78,11 +78,7 @@ def s3b(tmp_path_factory: pytest.TempPathFactory, store: StoreConfig) -> Iterato
         stack.set_config("appstack:backupStoreAccessKey", store.access_key, secret=True)
         stack.set_config("appstack:backupStoreSecretKey", store.secret_key, secret=True)
         stack.up()
-        stack.psql(
-            "insert into documents (title) select 'doc ' || i from generate_series(1, 3) i;"
-            "insert into chunks (document_id, chunk_index, content)"
-            " select d.id, i, 'chunk' from documents d, generate_series(1, 2) i"
-        )
+        seed_haven_rows(stack)
         yield stack
 
 

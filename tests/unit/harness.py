@@ -21,6 +21,19 @@ from pulumi.runtime import mocks as pmocks
 from pulumi.runtime import rpc
 
 ROOT = Path(__file__).resolve().parents[2]
+# Type tokens of the kubernetes objects the program registers (the mocks see these).
+K = "kubernetes:"
+DEPLOYMENT = K + "apps/v1:Deployment"
+STATEFULSET = K + "apps/v1:StatefulSet"
+SERVICE = K + "core/v1:Service"
+SECRET = K + "core/v1:Secret"
+CONFIG_MAP = K + "core/v1:ConfigMap"
+PVC = K + "core/v1:PersistentVolumeClaim"
+NAMESPACE = K + "core/v1:Namespace"
+INGRESS = K + "networking.k8s.io/v1:Ingress"
+NETPOL = K + "networking.k8s.io/v1:NetworkPolicy"
+PDB = K + "policy/v1:PodDisruptionBudget"
+JOB = K + "batch/v1:Job"
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 SECRET_VALUES = {
     "authToken": "s3cret-auth-token-value",

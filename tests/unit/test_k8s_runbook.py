@@ -16,11 +16,9 @@ from components.providers import bootstrap, k8s_runner, window
 from components.providers.bootstrap import ANSWER, parse_answer
 from components.providers.k8s_runner import KubectlError, Sidecar, task_manifests
 from components.providers.runner import Task, TaskResult
-from tests.unit.harness import Program, Registration, run, unwrap
+from tests.unit.harness import DEPLOYMENT, SECRET, Program, Registration, run, unwrap
 from tests.unit.test_engramia import ENGRAMIA_SECRETS
 
-DEPLOYMENT = "kubernetes:apps/v1:Deployment"
-SECRET = "kubernetes:core/v1:Secret"
 TOKEN = "ENGRAMIA_BOOTSTRAP_TOKEN"
 
 

@@ -28,19 +28,25 @@ from components.providers.k8s_runner import (
 )
 from components.providers.runner import Target, Task, runner_for
 from components.settings import ConfigError
-from tests.unit.harness import SECRET_VALUES, Program, Registration, run, stack_config
+from tests.unit.harness import (
+    DEPLOYMENT,
+    INGRESS,
+    JOB,
+    NAMESPACE,
+    NETPOL,
+    PDB,
+    PVC,
+    SECRET,
+    SECRET_VALUES,
+    SERVICE,
+    STATEFULSET,
+    K,
+    Program,
+    Registration,
+    run,
+    stack_config,
+)
 
-K = "kubernetes:"
-DEPLOYMENT = K + "apps/v1:Deployment"
-STATEFULSET = K + "apps/v1:StatefulSet"
-SERVICE = K + "core/v1:Service"
-SECRET = K + "core/v1:Secret"
-PVC = K + "core/v1:PersistentVolumeClaim"
-NAMESPACE = K + "core/v1:Namespace"
-INGRESS = K + "networking.k8s.io/v1:Ingress"
-NETPOL = K + "networking.k8s.io/v1:NetworkPolicy"
-PDB = K + "policy/v1:PodDisruptionBudget"
-JOB = K + "batch/v1:Job"
 MIGRATION = "pulumi-python:dynamic/ops:Migration"
 SMOKE = "pulumi-python:dynamic/ops:SmokeTest"
 NAME = "app.kubernetes.io/name"

@@ -20,15 +20,22 @@ import yaml
 
 from components.monitoring import config
 from components.settings import ConfigError
-from tests.unit.harness import SECRET_VALUES, Program, Registration, run, stack_config, unwrap
+from tests.unit.harness import (
+    CONFIG_MAP,
+    DEPLOYMENT,
+    NETPOL,
+    SECRET,
+    SECRET_VALUES,
+    SERVICE,
+    K,
+    Program,
+    Registration,
+    run,
+    stack_config,
+    unwrap,
+)
 from tools import render_manifests
 
-K = "kubernetes:"
-DEPLOYMENT = K + "apps/v1:Deployment"
-CONFIG_MAP = K + "core/v1:ConfigMap"
-SECRET = K + "core/v1:Secret"
-SERVICE = K + "core/v1:Service"
-NETPOL = K + "networking.k8s.io/v1:NetworkPolicy"
 RULE = K + "monitoring.coreos.com/v1:PrometheusRule"
 MONITOR = K + "monitoring.coreos.com/v1:ServiceMonitor"
 MONITORING = {"prometheus", "alertmanager", "postgres-exporter"}
