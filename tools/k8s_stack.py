@@ -15,7 +15,8 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,19 @@ class Stack:
         """The resources in the stack's state."""
         out = self.pulumi("stack", "export", "--stack", self.name, check=True)
         return list(json.loads(out.stdout)["deployment"].get("resources") or [])
+
+
+@contextmanager
+def scratch_stack(
+    tmp: Path, name: str, cluster: Cluster, base: str, config: Mapping[str, Any], app: str
+) -> Iterator[Stack]:
+    """``Stack.create`` with ``app``'s secret values, destroyed after (``--exclude-protected``:
+    protected resources stay, as with a user's ``make down``)."""
+    stack = Stack.create(tmp, name, cluster, base, config, secret_values(app))
+    try:
+        yield stack
+    finally:
+        stack.destroy("--exclude-protected", check=False)
 
 
 def steps(preview: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.k8s import checks
-from tools.k8s_stack import Cluster, Stack, kubernetes_config, secret_values, steps
+from tools.k8s_stack import Cluster, Stack, kubernetes_config, scratch_stack, steps
 
 NS = "engramia-prod-engramia"
 REPLICAS = {"api": 2, "caddy": 2}
@@ -20,13 +20,8 @@ def engramia(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """The engramia-prod stack in a scratch copy of the project."""
     tmp = tmp_path_factory.mktemp("engramia")
     config = kubernetes_config("engramia-prod", skipClusterTasks=True)
-    stack = Stack.create(
-        tmp, "engramia-prod", cluster, "engramia-prod", config, secret_values("engramia")
-    )
-    try:
+    with scratch_stack(tmp, "engramia-prod", cluster, "engramia-prod", config, "engramia") as stack:
         yield stack
-    finally:
-        stack.destroy("--exclude-protected", check=False)
 
 
 def test_engramia_prod_deploys_from_empty(cluster: Cluster, engramia: Stack) -> None:

@@ -28,7 +28,7 @@ from components import edge
 from components.providers import window
 from components.providers.bootstrap import kubernetes_job, parse_answer
 from components.providers.k8s_runner import job_name, task_manifests
-from tools.k8s_stack import Cluster, Stack, kubernetes_config, secret_values, wait_until
+from tools.k8s_stack import Cluster, Stack, kubernetes_config, scratch_stack, wait_until
 
 STACK = "k9engramia"
 NS = f"{STACK}-engramia"
@@ -59,13 +59,10 @@ def engramia(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     tmp = tmp_path_factory.mktemp(STACK)
     config: dict[str, Any] = kubernetes_config("engramia-prod", skipClusterTasks=True)
     config["appstack:images"] = IMAGES
-    stack = Stack.create(tmp, STACK, cluster, "engramia-prod", config, secret_values("engramia"))
-    try:
+    with scratch_stack(tmp, STACK, cluster, "engramia-prod", config, "engramia") as stack:
         result = stack.up()
         assert "NOT declared (Migration, Bootstrap, SmokeTest)" in result.text
         yield stack
-    finally:
-        stack.destroy("--exclude-protected", check=False)
 
 
 def _configured(stack: Stack, key: str) -> str:

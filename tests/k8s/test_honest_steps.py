@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tools.k8s_stack import Cluster, Stack, kubernetes_config, secret_values
+from tools.k8s_stack import Cluster, Stack, kubernetes_config, scratch_stack
 
 NAME = "prod-honest"
 NS = f"{NAME}-haven"
@@ -19,11 +19,8 @@ def honest(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     tmp = tmp_path_factory.mktemp("honest")
     config = kubernetes_config("prod")
     assert "skipClusterTasks" not in config["appstack:kubernetes"]
-    stack = Stack.create(tmp, NAME, cluster, "prod", config, secret_values("haven"))
-    try:
+    with scratch_stack(tmp, NAME, cluster, "prod", config, "haven") as stack:
         yield stack
-    finally:
-        stack.destroy("--exclude-protected", check=False)
 
 
 def test_the_migration_fails_naming_its_job_and_no_service_is_released(

@@ -25,6 +25,7 @@ from tools.k8s_stack import (
     Cluster,
     Stack,
     kubernetes_config,
+    scratch_stack,
     secret_values,
     steps,
     wait_until,
@@ -82,11 +83,8 @@ def haven(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     tmp = tmp_path_factory.mktemp("monprod")
     conf = kubernetes_config("prod", skipClusterTasks=True)
     conf["appstack:monitoring"] = {"enabled": True, "stalledAfter": "7m"}
-    stack = Stack.create(tmp, "monprod", cluster, "prod", conf, secret_values("haven"))
-    try:
+    with scratch_stack(tmp, "monprod", cluster, "prod", conf, "haven") as stack:
         yield stack
-    finally:
-        stack.destroy("--exclude-protected", check=False)
 
 
 def test_without_the_crds_the_preview_succeeds_and_declares_no_operator_object(
@@ -337,13 +335,8 @@ def engramia(
     tmp = tmp_path_factory.mktemp("monengramia")
     conf = kubernetes_config("engramia-prod", skipClusterTasks=True)
     conf["appstack:monitoring"] = {"enabled": True, "operatorLabels": OPERATOR_LABELS}
-    stack = Stack.create(
-        tmp, "monengramia", cluster, "engramia-prod", conf, secret_values("engramia")
-    )
-    try:
+    with scratch_stack(tmp, "monengramia", cluster, "engramia-prod", conf, "engramia") as stack:
         yield stack
-    finally:
-        stack.destroy("--exclude-protected", check=False)
 
 
 def test_with_the_crds_prometheus_rules_hold_the_rule_groups(

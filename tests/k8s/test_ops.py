@@ -29,7 +29,7 @@ from tools.k8s_stack import (
     Result,
     Stack,
     kubernetes_config,
-    secret_values,
+    scratch_stack,
     steps,
     wait_until,
 )
@@ -57,12 +57,9 @@ def ops(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     tmp = tmp_path_factory.mktemp("ops")
     context = yaml.safe_load(cluster.kubeconfig.read_text())["current-context"]
     config = kubernetes_config("prod", skipClusterTasks=True, context=context)
-    stack = Stack.create(tmp, STACK, cluster, "prod", config, secret_values("haven"))
-    try:
+    with scratch_stack(tmp, STACK, cluster, "prod", config, "haven") as stack:
         stack.up()
         yield stack
-    finally:
-        stack.destroy("--exclude-protected", check=False)
 
 
 def appstack(stack: Stack, *args: str, env: dict[str, str] | None = None) -> Result:

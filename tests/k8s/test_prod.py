@@ -21,7 +21,7 @@ from tools.k8s_stack import (
     Stack,
     kind_and_name,
     kubernetes_config,
-    secret_values,
+    scratch_stack,
     steps,
     wait_until,
 )
@@ -39,11 +39,8 @@ def prod(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """The prod stack in a scratch copy of the project, on the session's cluster."""
     tmp = tmp_path_factory.mktemp("prod")
     config = kubernetes_config("prod", skipClusterTasks=True)
-    stack = Stack.create(tmp, "prod", cluster, "prod", config, secret_values("haven"))
-    try:
+    with scratch_stack(tmp, "prod", cluster, "prod", config, "haven") as stack:
         yield stack
-    finally:
-        stack.destroy("--exclude-protected", check=False)
 
 
 @pytest.fixture(scope="module")
