@@ -37,14 +37,11 @@ from components.providers.postgres import (
     take_backup,
 )
 from components.providers.runner import (
-    OWNER_LABEL,
-    TASK_LABEL,
     DockerRunner,
     Runner,
     Target,
     Task,
     TaskError,
-    owner_id,
 )
 
 ENCRYPTED_MAGIC = b"APPSTACK-AES256GCM-1\n"
@@ -333,47 +330,16 @@ echo "{MARK}END:"
 def read_dump(runner: Runner, target: Target, name: str) -> tuple[bytes, str]:
     """A dump out of the backup volume and the sha256 recorded beside it ("" when none)."""
     if isinstance(runner, DockerRunner):
-        data, line = _docker_read(target, name)
+        dump, sums = f"{BACKUP_MOUNT}/{name}", f"{BACKUP_MOUNT}/{name}{CHECKSUM_SUFFIX}"
+        files = runner.read_files(target.client_image, (dump, sums),
+                                  {target.backup_volume: BACKUP_MOUNT}, "read-backup")  # fmt: skip
+        if dump not in files:
+            msg = f"backup {name} is not in volume {target.backup_volume}"
+            raise MigrationError(msg)
+        data, line = files[dump], files.get(sums, b"").decode()
     else:
         data, line = _task_read(runner, target, name)
     return data, line.split()[0] if line.strip() else ""
-
-
-def _docker_read(target: Target, name: str) -> tuple[bytes, str]:
-    """Both files through Docker's archive API, from a created (never started) container."""
-    import io
-    import tarfile
-
-    import docker.errors
-
-    from components.providers.engine_base import client
-
-    labels = {TASK_LABEL: "read-backup", "appstack.prefix": target.name_prefix,
-              OWNER_LABEL: owner_id()}  # fmt: skip
-    if target.stack:
-        labels["appstack.stack"] = target.stack
-    files: dict[str, bytes] = {}
-    with client(target.docker_host) as docker_client:
-        container = docker_client.containers.create(
-            target.client_image, command=["true"], labels=labels,
-            name=f"{target.name_prefix}-read-backup-{secrets.token_hex(3)}",
-            volumes={target.backup_volume: {"bind": BACKUP_MOUNT, "mode": "ro"}},
-        )  # fmt: skip
-        try:
-            for fname in (name, name + CHECKSUM_SUFFIX):
-                try:
-                    stream, _stat = container.get_archive(f"{BACKUP_MOUNT}/{fname}")
-                except docker.errors.NotFound:
-                    continue
-                with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-                    member = tar.extractfile(tar.getmembers()[0])
-                    files[fname] = member.read() if member else b""
-        finally:
-            container.remove(force=True, v=True)
-    if name not in files:
-        msg = f"backup {name} is not in volume {target.backup_volume}"
-        raise MigrationError(msg)
-    return files[name], files.get(name + CHECKSUM_SUFFIX, b"").decode()
 
 
 def _task_read(runner: Runner, target: Target, name: str) -> tuple[bytes, str]:

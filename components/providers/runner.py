@@ -18,7 +18,8 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -384,22 +385,51 @@ class DockerRunner:
             client.close()
         return _finish(task, exit_code, raw, timed_out)
 
-    def read_image_dir(self, image: str, path: str) -> dict[str, bytes]:
-        """Copy ``path`` out of ``image`` through a created, never started, container."""
+    @contextmanager
+    def _never_started(
+        self, image: str, task: str, name: str, volumes: Mapping[str, str] | None = None
+    ) -> Iterator[Any]:
+        """A created, never started, container of ``image`` (``volumes``: volume -> read-only
+        mount point) to copy files out of; removed after."""
         client = self._client()
         try:
-            name = f"{self.name_prefix}-read-{secrets.token_hex(3)}"
+            binds = {v: {"bind": at, "mode": "ro"} for v, at in (volumes or {}).items()}
             container = self._create(
-                client, image, command=["true"], name=name, labels=self._labels("read-image")
-            )
+                client, image, command=["true"], labels=self._labels(task), volumes=binds,
+                name=f"{self.name_prefix}-{name}-{secrets.token_hex(3)}",
+            )  # fmt: skip
             try:
-                stream, _stat = container.get_archive(path)
-                data = b"".join(stream)
+                yield container
             finally:
                 container.remove(force=True, v=True)
         finally:
             client.close()
+
+    def read_image_dir(self, image: str, path: str) -> dict[str, bytes]:
+        """Copy ``path`` out of ``image`` through a created, never started, container."""
+        with self._never_started(image, "read-image", "read") as container:
+            stream, _stat = container.get_archive(path)
+            data = b"".join(stream)
         return _untar_dir(data)
+
+    def read_files(
+        self, image: str, paths: Sequence[str], volumes: Mapping[str, str], task: str
+    ) -> dict[str, bytes]:
+        """The files at ``paths`` (those that exist) in a never started container of ``image``
+        with ``volumes`` mounted, by path."""
+        import docker.errors
+
+        files: dict[str, bytes] = {}
+        with self._never_started(image, task, task, volumes) as container:
+            for path in paths:
+                try:
+                    stream, _stat = container.get_archive(path)
+                except docker.errors.NotFound:
+                    continue
+                with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                    member = tar.extractfile(tar.getmembers()[0])
+                    files[path] = member.read() if member else b""
+        return files
 
     def sweep_tasks(self) -> list[str]:
         """Remove (with their anonymous volumes) the task containers a killed run left behind.
